@@ -1,0 +1,3 @@
+from delib.cli import main
+
+main()

@@ -1,0 +1,292 @@
+"""The ``delib`` command. The only place that prints errors: one line, non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from delib import __version__
+from delib.archive import archive_dir, find_run, read_manifest, read_records, run_folders
+from delib.config import Overrides, parse_persona_models
+from delib.errors import DelibError
+from delib.personas import persona_library
+from delib.render import LiveView, markdown, verdict_lines
+from delib.run import Run, RunRequest
+from delib.scenarios import Protocol, scenario_library
+
+app = typer.Typer(
+    help="Multi-agent deliberation: personas argue a question through on any "
+    "OpenAI-compatible endpoint, and every debate is archived.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+personas_app = typer.Typer(help="List and show personas.", no_args_is_help=True)
+scenarios_app = typer.Typer(help="List and show scenarios.", no_args_is_help=True)
+transcripts_app = typer.Typer(help="List and show archived runs.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
+app.add_typer(scenarios_app, name="scenarios")
+app.add_typer(transcripts_app, name="transcripts")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+DEBUG = {"on": bool(os.environ.get("DELIB_DEBUG"))}
+
+# Exit codes: 1 for errors the user can fix, 130 after Ctrl-C (the shell convention).
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+PersonasDir = Annotated[
+    Path | None, typer.Option("--personas-dir", help="Extra folder of persona YAML files.")
+]
+ScenariosDir = Annotated[
+    Path | None, typer.Option("--scenarios-dir", help="Extra folder of scenario YAML files.")
+]
+ArchiveOpt = Annotated[
+    Path | None,
+    typer.Option("--archive", help="Archive folder (default $DELIB_TRANSCRIPTS or ./transcripts)."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"delib {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    if debug:
+        DEBUG["on"] = True
+
+
+# --- run -------------------------------------------------------------------------------------
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Argument(help="Scenario id (see 'delib scenarios list').")],
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://localhost:8080/v1.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for every persona.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Named endpoint from delib.toml.")] = None,
+    persona_model: Annotated[
+        list[str] | None,
+        typer.Option("--persona-model", help="ID=MODEL: model for one persona (repeatable)."),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Environment variable holding the key for --base-url (default OPENAI_API_KEY)."
+        ),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds to run.")] = None,
+    protocol: Annotated[
+        Protocol | None, typer.Option(help="Turn-taking protocol (default: the scenario's).")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Reply length cap per turn.")
+    ] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(min=100, help="Total tokens the run may use.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampling seed, where the server supports it.")
+    ] = None,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Wait for whole replies instead of streaming.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")
+    ] = False,
+    archive: ArchiveOpt = None,
+    personas_dir: PersonasDir = None,
+    scenarios_dir: ScenariosDir = None,
+) -> None:
+    """Run a debate on a scenario and archive it."""
+    request = RunRequest(
+        scenario=scenario,
+        overrides=Overrides(
+            base_url=base_url,
+            model=model,
+            endpoint=endpoint,
+            api_key_env=api_key_env,
+            persona_models=parse_persona_models(persona_model or []),
+            temperature=temperature,
+            max_tokens=max_tokens,
+        ),
+        rounds=rounds,
+        protocol=protocol,
+        token_budget=token_budget,
+        seed=seed,
+        stream=not no_stream,
+        archive=archive,
+        personas_dir=personas_dir,
+        scenarios_dir=scenarios_dir,
+    )
+    view_console = err if as_json else out
+    view = LiveView(view_console, stream=not no_stream)
+    result = asyncio.run(_run(request, view, view_console))
+    if as_json:
+        print(json.dumps(result.summary()))
+    else:
+        manifest = read_manifest(result.folder)
+        if manifest.get("verdict"):
+            out.print()
+            out.print(Markdown("\n".join(verdict_lines(manifest))))
+        style = "green" if result.stop_reason.value in ("completed", "max_rounds") else "yellow"
+        out.print()
+        out.print(
+            f"[{style}]stop reason: {result.stop_reason.value}[/{style}] · {result.turns} turns · "
+            f"{result.tokens['total']} tokens"
+            f"{' (estimated)' if result.tokens['estimated'] else ''} · {result.folder}",
+            soft_wrap=True,
+        )
+    if result.error:
+        err.print(f"[red]error:[/red] {result.error}", highlight=False)
+        err.print(f"[dim]finished turns are kept in {result.folder}[/dim]")
+        raise typer.Exit(EXIT_ERROR)
+
+
+async def _run(request: RunRequest, view: LiveView, console: Console):
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    debate = Run(request)
+    try:
+        with console.status("checking endpoints and models…"):
+            setup = await debate.prepare()
+        models = sorted({f"{s.model} @ {s.endpoint.name}" for s in setup.speakers.values()})
+        console.print(
+            f"[bold]{setup.scenario.title}[/bold]  [dim]{setup.protocol.value}, "
+            f"{setup.rounds} round{'s' if setup.rounds > 1 else ''}, {', '.join(models)}[/dim]"
+        )
+        return await debate.execute(view.handle)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await debate.close()
+
+
+# --- personas and scenarios ------------------------------------------------------------------
+@personas_app.command("list")
+def personas_list(personas_dir: PersonasDir = None) -> None:
+    """List known personas."""
+    table = Table("id", "name", "role", box=None)
+    for loaded in persona_library(personas_dir).all():
+        p = loaded.item
+        table.add_row(p.id, p.name, p.role)
+    out.print(table)
+
+
+@personas_app.command("show")
+def personas_show(
+    persona_id: Annotated[str, typer.Argument(help="Persona id.")], personas_dir: PersonasDir = None
+) -> None:
+    """Show one persona in full."""
+    loaded = persona_library(personas_dir).get(persona_id)
+    p = loaded.item
+    out.print(f"[bold]{p.name}[/bold] ({p.id}) — {p.role}\n[dim]{loaded.path}[/dim]\n")
+    out.print(p.prompt.strip(), markup=False)
+    settings = {
+        k: v
+        for k, v in p.model_dump().items()
+        if k in ("endpoint", "model", "temperature", "max_tokens") and v is not None
+    }
+    if settings:
+        out.print(f"\n[dim]model settings: {settings}[/dim]")
+
+
+@scenarios_app.command("list")
+def scenarios_list(scenarios_dir: ScenariosDir = None) -> None:
+    """List known scenarios."""
+    table = Table("id", "title", "protocol", "rounds", "participants", box=None)
+    for loaded in scenario_library(scenarios_dir).all():
+        s = loaded.item
+        table.add_row(s.id, s.title, s.protocol.value, str(s.rounds), ", ".join(s.participants))
+    out.print(table)
+
+
+@scenarios_app.command("show")
+def scenarios_show(
+    scenario_id: Annotated[str, typer.Argument(help="Scenario id.")],
+    scenarios_dir: ScenariosDir = None,
+) -> None:
+    """Show one scenario in full."""
+    loaded = scenario_library(scenarios_dir).get(scenario_id)
+    s = loaded.item
+    out.print(f"[bold]{s.title}[/bold] ({s.id})\n[dim]{loaded.path}[/dim]\n")
+    out.print(f"Question: {s.question.strip()}\n", markup=False)
+    if s.background:
+        out.print(f"Background: {s.background.strip()}\n", markup=False)
+    out.print(f"Moderator: {s.moderator}\nParticipants: {', '.join(s.participants)}")
+    out.print(f"Protocol: {s.protocol.value}, rounds: {s.rounds}, source: {s.source_seed}")
+    limits = {k: v for k, v in s.limits.model_dump().items() if v is not None}
+    if limits:
+        out.print(f"Limits: {limits}")
+
+
+# --- transcripts ------------------------------------------------------------------------------
+@transcripts_app.command("list")
+def transcripts_list(archive: ArchiveOpt = None) -> None:
+    """List archived runs, newest first."""
+    folders = run_folders(archive_dir(archive))
+    table = Table("run", "scenario", "stop reason", "turns", "tokens", box=None)
+    for folder in folders:
+        try:
+            m = read_manifest(folder)
+        except DelibError as exc:
+            table.add_row(folder.name, "?", f"unreadable: {exc}", "", "")
+            continue
+        tokens = (m.get("tokens") or {}).get("total", "")
+        table.add_row(
+            m["run_id"],
+            m["scenario"]["id"],
+            m.get("stop_reason") or "running",
+            str(m.get("turns", "")),
+            str(tokens),
+        )
+    if not folders:
+        out.print(f"no runs in {archive_dir(archive)}")
+        return
+    out.print(table)
+
+
+@transcripts_app.command("show")
+def transcripts_show(
+    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    archive: ArchiveOpt = None,
+) -> None:
+    """Print one run as Markdown."""
+    folder = find_run(archive_dir(archive), run_id)
+    out.print(markdown(read_manifest(folder), read_records(folder)), markup=False)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning delib's errors into one line."""
+    try:
+        app()
+    except DelibError as exc:
+        if DEBUG["on"]:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]; finished turns are kept in the run folder")
+        sys.exit(EXIT_INTERRUPTED)

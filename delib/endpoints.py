@@ -1,0 +1,425 @@
+"""One call to a model: an ``AsyncOpenAI`` client per endpoint, with one retry layer.
+
+What differs between OpenAI-compatible servers is handled here and nowhere else:
+
+- only portable parameters are sent (``max_tokens``, never ``n``; ``seed`` only when asked);
+- the openai client's own retries are off (``max_retries=0``) and timeouts are explicit; one
+  tenacity layer retries connection errors, 408/409/429 and 5xx, honouring ``Retry-After``,
+  and never retries 400/401/404/422;
+- chat templates that reject a system message or demand strict alternation: the messages
+  always alternate user/assistant, and on a template error the system text is folded into the
+  first user message, once, and remembered for the endpoint;
+- ``stream_options`` is dropped, once and for good, if a server rejects it;
+- usage may be absent, or arrive in a final chunk without choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from delib.config import Endpoint
+from delib.errors import AuthError, EndpointFailed, EndpointUnreachable, UnknownModel
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
+MAX_RETRY_AFTER = 60.0
+# Back-off never waits longer than this between attempts.
+MAX_BACKOFF = 30.0
+# Phrases servers use when a chat template rejects the message layout (llama.cpp, vLLM,
+# Ollama, LM Studio, transformers templates).
+TEMPLATE_ERROR_MARKERS = (
+    "system role",
+    "system message",
+    "roles must alternate",
+    "conversation roles",
+    "must alternate",
+    "chat template",
+    "developer role",
+)
+# Timeout for listing models before a run; the listing is small.
+MODELS_TIMEOUT = 15.0
+
+TokenCallback = Callable[[str], None]
+RetryCallback = Callable[[int, str], None]
+
+
+@dataclass
+class Prompt:
+    """What one speaker is shown: system text plus alternating user/assistant messages.
+
+    ``messages`` always starts with a user message and alternates strictly.
+    """
+
+    system: str
+    messages: list[dict[str, str]]
+
+    def render(self, fold_system: bool) -> list[dict[str, str]]:
+        """The messages to send, with the system text native or folded into the first turn."""
+        if not fold_system:
+            return [{"role": "system", "content": self.system}, *self.messages]
+        first, *rest = self.messages
+        folded = {"role": "user", "content": f"{self.system}\n\n{first['content']}"}
+        return [folded, *rest]
+
+    def chars(self) -> int:
+        return len(self.system) + sum(len(m["content"]) for m in self.messages)
+
+
+@dataclass
+class Reply:
+    """A finished model reply and what it cost."""
+
+    text: str
+    model: str
+    latency: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    timings: dict[str, Any] | None = None  # llama.cpp reports prompt/eval timings
+
+    @property
+    def usage_reported(self) -> bool:
+        return self.prompt_tokens is not None or self.completion_tokens is not None
+
+
+@dataclass
+class Adaptation:
+    """Something the client changed about how it talks to an endpoint, for the archive."""
+
+    endpoint: str
+    what: str
+    reason: str
+
+
+def _status(exc: BaseException) -> int | None:
+    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        if isinstance(body, dict):
+            inner = body.get("error", body)
+            if isinstance(inner, dict) and inner.get("message"):
+                return str(inner["message"])
+            if isinstance(inner, str):
+                return inner
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection problems, timeouts, 408/409/429 and 5xx; never other 4xx."""
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    status = _status(exc)
+    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
+
+
+def is_template_error(exc: BaseException) -> bool:
+    if _status(exc) not in (400, 422):
+        return False
+    text = _message(exc).lower()
+    return any(marker in text for marker in TEMPLATE_ERROR_MARKERS)
+
+
+def _is_stream_options_error(exc: BaseException) -> bool:
+    return _status(exc) in (400, 422) and "stream_options" in _message(exc).lower()
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    status = _status(exc)
+    text = _message(exc).lower()
+    if status == 404:
+        return "model" in text
+    return status == 400 and "model" in text and ("not found" in text or "does not exist" in text)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    value = exc.response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class EndpointClient:
+    """Talks to one endpoint; shared by every persona that uses it in a run."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        cfg = endpoint.config
+        self.endpoint = endpoint
+        self.client = AsyncOpenAI(
+            base_url=cfg.base_url,
+            api_key=endpoint.api_key,
+            max_retries=0,
+            timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+            default_headers=dict(cfg.headers) or None,
+        )
+        self.fold_system = cfg.system_message == "fold"
+        self.stream_usage = True
+        self.adaptations: list[Adaptation] = []
+        self.semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        self._models: list[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        after = _retry_after(exc) if exc else None
+        if after is not None and after <= MAX_RETRY_AFTER:
+            return after
+        base = self.endpoint.config.retry_wait
+        return min(MAX_BACKOFF, base * 2 ** (state.attempt_number - 1))
+
+    async def _with_retries(self, call, on_retry: RetryCallback | None = None):
+        attempts = self.endpoint.config.max_retries + 1
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry and state.outcome is not None:
+                on_retry(state.attempt_number, _describe(state.outcome.exception()))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(attempts),
+            wait=self._wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
+        except openai.OpenAIError as exc:
+            raise await self._translate(exc, attempts) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _translate(self, exc: BaseException, attempts: int) -> Exception:
+        """Turn an openai exception into a DelibError that says what to do."""
+        name, url = self.name, self.endpoint.config.base_url
+        tries = f" after {attempts} attempt{'s' if attempts > 1 else ''}" if attempts > 1 else ""
+        if isinstance(exc, openai.APITimeoutError):
+            return EndpointUnreachable(
+                f"endpoint '{name}' at {url} did not answer within "
+                f"{self.endpoint.config.timeout:g}s{tries}; raise 'timeout' in delib.toml "
+                "or check the server"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return EndpointUnreachable(
+                f"cannot reach endpoint '{name}' at {url}{tries} ({_describe(cause)}); "
+                "is the server running, and is the URL right?"
+            )
+        status = _status(exc)
+        if status in (401, 403):
+            key_hint = (
+                f"check the key in {self.endpoint.api_key_env}"
+                if self.endpoint.api_key_env
+                else "set an API key: OPENAI_API_KEY for --base-url, or api_key_env in delib.toml"
+            )
+            return AuthError(
+                f"endpoint '{name}' at {url} refused the request (HTTP {status}: "
+                f"{_message(exc)}); {key_hint}"
+            )
+        if _is_model_error(exc):
+            return UnknownModel(await self._unknown_model_text(_message(exc)))
+        if status == 404:
+            return EndpointFailed(
+                f"endpoint '{name}' answered 404 for {url}/chat/completions; "
+                "the base URL usually ends in /v1"
+            )
+        return EndpointFailed(
+            f"endpoint '{name}' at {url} failed{tries}: HTTP {status}: {_message(exc)}"
+        )
+
+    async def _unknown_model_text(self, detail: str) -> str:
+        offered = await self.list_models(quiet=True)
+        listing = ", ".join(offered) if offered else "the server did not list its models"
+        return (
+            f"endpoint '{self.name}' at {self.endpoint.config.base_url} does not offer that "
+            f"model ({detail}); offered: {listing}; pass --model or --persona-model ID=MODEL"
+        )
+
+    async def list_models(self, quiet: bool = False) -> list[str] | None:
+        """Model ids from ``/v1/models``, or None if the server has no such listing."""
+        if self._models is not None:
+            return self._models
+
+        async def call():
+            page = await self.client.models.list(timeout=MODELS_TIMEOUT)
+            return [m.id for m in page.data]
+
+        try:
+            if quiet:
+                self._models = await call()
+            else:
+                self._models = await self._with_retries(call)
+        except (openai.OpenAIError, EndpointFailed):
+            return None
+        except UnknownModel:
+            return None
+        return self._models
+
+    async def check_model(self, model: str | None) -> str:
+        """Make sure ``model`` is offered; with no model, use the server's only one."""
+        offered = await self.list_models()
+        if model is None:
+            if offered and len(offered) == 1:
+                return offered[0]
+            listing = ", ".join(offered) if offered else "none listed"
+            raise UnknownModel(
+                f"no model chosen for endpoint '{self.name}' ({self.endpoint.config.base_url}); "
+                f"offered: {listing}; pass --model, or set 'model' for the endpoint in delib.toml"
+            )
+        if offered is not None and model not in offered:
+            raise UnknownModel(
+                f"endpoint '{self.name}' at {self.endpoint.config.base_url} does not offer "
+                f"model '{model}'; offered: {', '.join(offered) or 'none'}; "
+                "pass --model or --persona-model ID=MODEL"
+            )
+        return model
+
+    async def complete(
+        self,
+        prompt: Prompt,
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+        stream: bool = True,
+        on_token: TokenCallback | None = None,
+        on_retry: RetryCallback | None = None,
+    ) -> Reply:
+        """One chat completion, streamed or not, with retries and layout fallbacks."""
+        async with self.semaphore:
+            for _ in range(3):  # at most: as sent, without stream_options, with system folded
+                params: dict[str, Any] = {
+                    "model": model,
+                    "messages": prompt.render(self.fold_system),
+                    "temperature": temperature,
+                    "max_tokens": max_tokens,
+                }
+                if seed is not None:
+                    params["seed"] = seed
+                call = self._streamed(params, on_token) if stream else self._whole(params)
+                try:
+                    return await self._with_retries(call, on_retry)
+                except (EndpointFailed, UnknownModel) as err:
+                    cause = err.__cause__
+                    if stream and self.stream_usage and _is_stream_options_error(cause):
+                        self.stream_usage = False
+                        self._adapt("stream_options off", _message(cause))
+                        continue
+                    if not self.fold_system and is_template_error(cause):
+                        if self.endpoint.config.system_message == "native":
+                            raise
+                        self.fold_system = True
+                        self._adapt(
+                            "system message folded into first user message", _message(cause)
+                        )
+                        continue
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _adapt(self, what: str, reason: str) -> None:
+        self.adaptations.append(Adaptation(self.name, what, reason))
+
+    def _whole(self, params: dict[str, Any]):
+        async def call() -> Reply:
+            started = time.perf_counter()
+            response = await self.client.chat.completions.create(**params)
+            choice = response.choices[0] if response.choices else None
+            usage = response.usage
+            extra = response.model_extra or {}
+            return Reply(
+                text=(choice.message.content or "") if choice else "",
+                model=response.model or params["model"],
+                latency=time.perf_counter() - started,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                finish_reason=choice.finish_reason if choice else None,
+                timings=extra.get("timings"),
+            )
+
+        return call
+
+    def _streamed(self, params: dict[str, Any], on_token: TokenCallback | None):
+        async def call() -> Reply:
+            started = time.perf_counter()
+            extra_args: dict[str, Any] = {"stream": True}
+            if self.stream_usage:
+                extra_args["stream_options"] = {"include_usage": True}
+            stream = await self.client.chat.completions.create(**params, **extra_args)
+            parts: list[str] = []
+            reply = Reply(text="", model=params["model"], latency=0.0)
+            async with stream:
+                async for chunk in stream:
+                    if chunk.model:
+                        reply.model = chunk.model
+                    if chunk.usage is not None:
+                        reply.prompt_tokens = chunk.usage.prompt_tokens
+                        reply.completion_tokens = chunk.usage.completion_tokens
+                    timings = (chunk.model_extra or {}).get("timings")
+                    if timings:
+                        reply.timings = timings
+                    for choice in chunk.choices:
+                        if choice.delta and choice.delta.content:
+                            parts.append(choice.delta.content)
+                            if on_token:
+                                on_token(choice.delta.content)
+                        if choice.finish_reason:
+                            reply.finish_reason = choice.finish_reason
+            reply.text = "".join(parts)
+            reply.latency = time.perf_counter() - started
+            return reply
+
+        return call
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    status = _status(exc)
+    if status is not None:
+        return f"HTTP {status}: {_message(exc)}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class Clients:
+    """One EndpointClient per endpoint name, shared by the personas of a run."""
+
+    by_name: dict[str, EndpointClient] = field(default_factory=dict)
+
+    def get(self, endpoint: Endpoint) -> EndpointClient:
+        if endpoint.name not in self.by_name:
+            self.by_name[endpoint.name] = EndpointClient(endpoint)
+        return self.by_name[endpoint.name]
+
+    def adaptations(self) -> list[Adaptation]:
+        return [a for client in self.by_name.values() for a in client.adaptations]
+
+    async def close(self) -> None:
+        for client in self.by_name.values():
+            await client.close()

@@ -1,0 +1,78 @@
+"""Errors meant for the person running delib.
+
+Every error says what was wrong, where (file, field, endpoint, model) and how to fix it. The
+library raises them; only the CLI prints them, as one line.
+
+    DelibError
+    ├── InputError                 a file or flag the user wrote is wrong
+    │   ├── FileFormatError        YAML/TOML syntax error or a bad field (file, field, reason)
+    │   └── UnknownIdError         no persona / scenario / endpoint / run with that id
+    └── EndpointError              talking to a model server went wrong
+        ├── EndpointUnreachable    connection refused, DNS, timeouts after retries
+        ├── MissingApiKey          the endpoint names an environment variable that is not set
+        ├── AuthError              401/403 from the server
+        ├── UnknownModel           the server does not offer that model
+        └── EndpointFailed         a server that keeps failing, or a request it rejects
+"""
+
+from __future__ import annotations
+
+
+class DelibError(Exception):
+    """Base class for errors that the CLI turns into one line."""
+
+
+class InputError(DelibError, ValueError):
+    """Something the user wrote (a file, a flag) is wrong."""
+
+
+class FileFormatError(InputError):
+    """A persona, scenario or config file cannot be parsed or has a bad field."""
+
+    def __init__(self, path: str, reason: str, field: str | None = None) -> None:
+        self.path = path
+        self.field = field
+        self.reason = reason
+        where = f"{path}: field '{field}'" if field else path
+        super().__init__(f"{where}: {reason}")
+
+
+class UnknownIdError(InputError, KeyError):
+    """No item of that kind has that id."""
+
+    def __init__(self, kind: str, wanted: str, known: list[str], hint: str = "") -> None:
+        self.kind = kind
+        self.wanted = wanted
+        self.known = known
+        listing = ", ".join(known) if known else "none"
+        message = f"unknown {kind} '{wanted}'; known: {listing}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class EndpointError(DelibError, RuntimeError):
+    """A model server could not be used."""
+
+
+class EndpointUnreachable(EndpointError):
+    """The server did not answer at all."""
+
+
+class MissingApiKey(EndpointError):
+    """The endpoint needs a key from an environment variable that is not set."""
+
+
+class AuthError(EndpointError):
+    """The server refused the credentials."""
+
+
+class UnknownModel(EndpointError):
+    """The server does not offer the requested model."""
+
+
+class EndpointFailed(EndpointError):
+    """The server answered with errors until retries ran out, or rejected the request."""

@@ -1,0 +1,456 @@
+"""The debate as a LangGraph ``StateGraph``: open, plan, (select), speak, interject, close.
+
+::
+
+    START → open → plan ─┬─► speak ×1 (round_robin)        ─► plan
+                         ├─► speak ×N in parallel (simultaneous) ─► plan
+                         ├─► select → speak ×1 (moderator_selects) ─► plan
+                         ├─► interject (between rounds)     ─► plan
+                         └─► close → END
+
+Routing reads only counters in the state (round, who has spoken, tokens used); nothing a
+persona writes can end or redirect the debate. Model calls happen only in nodes, through
+``endpoints.EndpointClient``; every finished turn and event is also sent on the custom stream
+(``get_stream_writer``) the moment it exists, so the archive keeps it even if a later call fails.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, TypedDict
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from delib import prompts
+from delib.config import SpeakerSettings
+from delib.endpoints import Clients, Prompt, Reply
+from delib.personas import Persona
+from delib.scenarios import Protocol, Scenario
+from delib.verdict import parse_verdict
+
+# Rough size of a token in characters, for budget estimates when a server reports no usage.
+CHARS_PER_TOKEN = 4
+# Share of the token budget kept back so the moderator can still close with a verdict.
+VERDICT_RESERVE = 0.15
+# The verdict is longer than a turn: at least this many tokens.
+VERDICT_MIN_TOKENS = 800
+# A speaker choice is one id.
+SELECT_MAX_TOKENS = 16
+# Default budget when neither the scenario nor a flag sets one.
+DEFAULT_TOKEN_BUDGET = 200_000
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    completed = "completed"  # every planned round ran; the moderator closed
+    max_rounds = "max_rounds"  # the scenario's round ceiling cut the planned rounds short
+    token_budget = "token_budget"  # the next turn would not fit in the token budget
+    deadlock = "deadlock"  # the loop detector gave up breaking a loop
+    error = "error"  # a model call failed for good (the error is recorded)
+    interrupted = "interrupted"  # Ctrl-C or SIGTERM
+
+
+class DebateState(TypedDict, total=False):
+    """Plain, JSON-serialisable state; list fields accumulate through ``operator.add``."""
+
+    turns: Annotated[list[dict], operator.add]
+    events: Annotated[list[dict], operator.add]
+    round: int
+    pending: list[str]
+    interject: bool
+    stop_reason: str | None
+    verdict: dict | None
+
+
+@dataclass
+class DebateSetup:
+    """Everything fixed for one run; kept out of the state so checkpoints stay plain data."""
+
+    scenario: Scenario
+    cast: dict[str, Persona]  # moderator and participants by id
+    speakers: dict[str, SpeakerSettings]  # resolved, with a concrete model
+    clients: Clients
+    protocol: Protocol
+    rounds: int
+    max_rounds: int | None
+    token_budget: int
+    seed: int | None = None
+    stream: bool = True
+
+    @property
+    def participants(self) -> list[str]:
+        return list(self.scenario.participants)
+
+    @property
+    def moderator(self) -> Persona:
+        return self.cast[self.scenario.moderator]
+
+    def recursion_limit(self) -> int:
+        """Supersteps a run can need: per round plan+select+speak per speaker, interjection."""
+        rounds = min(self.rounds, self.max_rounds or self.rounds)
+        return rounds * (3 * len(self.participants) + 2) + 10
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _tokens(reply: Reply, prompt: Prompt) -> dict[str, Any]:
+    if reply.usage_reported:
+        return {
+            "prompt": reply.prompt_tokens or 0,
+            "completion": reply.completion_tokens or 0,
+            "estimated": False,
+        }
+    return {
+        "prompt": prompt.chars() // CHARS_PER_TOKEN,
+        "completion": len(reply.text) // CHARS_PER_TOKEN,
+        "estimated": True,
+    }
+
+
+def tokens_used(state: DebateState) -> int:
+    total = 0
+    for record in [*state.get("turns", []), *state.get("events", [])]:
+        tokens = record.get("tokens")
+        if tokens:
+            total += tokens["prompt"] + tokens["completion"]
+    return total
+
+
+def _transcript_tokens(turns: list[dict]) -> int:
+    return sum(len(t["text"]) for t in turns) // CHARS_PER_TOKEN + 600
+
+
+class Debate:
+    """Builds the graph for one run; nodes are methods so they can reach the setup."""
+
+    def __init__(self, setup: DebateSetup) -> None:
+        self.setup = setup
+
+    # --- helpers ---------------------------------------------------------------------------
+    async def _call(
+        self,
+        speaker: Persona,
+        prompt: Prompt,
+        *,
+        index: int,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool | None = None,
+    ) -> Reply:
+        settings = self.setup.speakers[speaker.id]
+        client = self.setup.clients.get(settings.endpoint)
+        writer = get_stream_writer()
+        streaming = self.setup.stream if stream is None else stream
+
+        def on_token(text: str) -> None:
+            writer({"kind": "token", "index": index, "speaker": speaker.id, "text": text})
+
+        def on_retry(attempt: int, error: str) -> None:
+            writer(
+                {
+                    "kind": "retry",
+                    "index": index,
+                    "speaker": speaker.id,
+                    "attempt": attempt,
+                    "error": error,
+                }
+            )
+
+        assert settings.model is not None
+        return await client.complete(
+            prompt,
+            model=settings.model,
+            temperature=settings.temperature if temperature is None else temperature,
+            max_tokens=max_tokens or settings.max_tokens,
+            seed=self.setup.seed,
+            stream=streaming,
+            on_token=on_token if streaming else None,
+            on_retry=on_retry,
+        )
+
+    async def _turn(
+        self,
+        speaker: Persona,
+        *,
+        index: int,
+        round_no: int,
+        kind: str,
+        visible: list[dict],
+        instruction: str,
+        max_tokens: int | None = None,
+        stream: bool | None = None,
+    ) -> dict:
+        """Speak one turn and announce it on the stream; returns the archived turn record."""
+        setup = self.setup
+        role = "moderator" if speaker.id == setup.scenario.moderator else "participant"
+        writer = get_stream_writer()
+        writer(
+            {
+                "kind": "turn_start",
+                "index": index,
+                "speaker": speaker.id,
+                "name": speaker.name,
+                "round": round_no,
+                "role": role,
+                "turn_kind": kind,
+            }
+        )
+        prompt = prompts.build(speaker, setup.scenario, setup.cast, visible, instruction)
+        started_at = now()
+        reply = await self._call(speaker, prompt, index=index, max_tokens=max_tokens, stream=stream)
+        settings = setup.speakers[speaker.id]
+        turn = {
+            "type": "turn",
+            "index": index,
+            "round": round_no,
+            "speaker": speaker.id,
+            "name": speaker.name,
+            "role": role,
+            "kind": kind,
+            "text": reply.text.strip(),
+            "model": reply.model,
+            "endpoint": settings.endpoint.name,
+            "tokens": _tokens(reply, prompt),
+            "latency": round(reply.latency, 3),
+            "finish_reason": reply.finish_reason,
+            "started_at": started_at,
+        }
+        if reply.timings:
+            turn["timings"] = reply.timings
+        writer({"kind": "turn", "turn": turn})
+        return turn
+
+    def _event(self, name: str, **fields: Any) -> dict:
+        event = {"type": "event", "event": name, "at": now(), **fields}
+        get_stream_writer()({"kind": "event", "event": event})
+        return event
+
+    # --- nodes -----------------------------------------------------------------------------
+    async def open(self, state: DebateState) -> dict:
+        moderator = self.setup.moderator
+        turn = await self._turn(
+            moderator,
+            index=0,
+            round_no=0,
+            kind="opening",
+            visible=[],
+            instruction=prompts.opening_instruction(moderator, self.setup.scenario),
+        )
+        return {"turns": [turn], "round": 0}
+
+    def plan(self, state: DebateState) -> dict:
+        """Decide what happens next from counters alone."""
+        setup = self.setup
+        round_no = state.get("round", 0)
+        turns = state.get("turns", [])
+        spoken = {
+            t["speaker"] for t in turns if t["round"] == round_no and t["role"] == "participant"
+        }
+        remaining = [p for p in setup.participants if p not in spoken] if round_no else []
+        interject = False
+        if not remaining:
+            if round_no >= setup.rounds:
+                return {"stop_reason": StopReason.completed.value, "pending": []}
+            if setup.max_rounds is not None and round_no >= setup.max_rounds:
+                return {"stop_reason": StopReason.max_rounds.value, "pending": []}
+            round_no += 1
+            remaining = setup.participants
+            interject = round_no > 1 and setup.scenario.interjections
+        next_count = len(remaining) if setup.protocol is Protocol.simultaneous else 1
+        max_tokens = max(setup.speakers[p].max_tokens for p in remaining)
+        per_turn = _transcript_tokens(turns) + max_tokens
+        reserve = _transcript_tokens(turns) + self._verdict_tokens()
+        used = tokens_used(state)
+        if used + per_turn * next_count + reserve > setup.token_budget:
+            return {"stop_reason": StopReason.token_budget.value, "pending": []}
+        return {"round": round_no, "pending": remaining, "interject": interject}
+
+    def route(self, state: DebateState) -> Any:
+        if state.get("stop_reason"):
+            return "close"
+        if state.get("interject"):
+            return "interject"
+        pending = state["pending"]
+        if self.setup.protocol is Protocol.simultaneous:
+            return [self._send(state, pid, offset) for offset, pid in enumerate(pending)]
+        if self.setup.protocol is Protocol.moderator_selects and len(pending) > 1:
+            return "select"
+        return self._send(state, pending[0], 0)
+
+    def _send(self, state: DebateState, pid: str, offset: int) -> Send:
+        turns = state.get("turns", [])
+        round_no = state["round"]
+        if self.setup.protocol is Protocol.simultaneous:
+            # Each answers the round independently: earlier rounds and the moderator only.
+            visible = [t for t in turns if t["round"] < round_no or t["role"] == "moderator"]
+        else:
+            visible = turns
+        payload = {
+            "speaker": pid,
+            "index": len(turns) + offset,
+            "round": round_no,
+            "visible": visible,
+        }
+        return Send("speak", payload)
+
+    async def speak(self, payload: dict) -> dict:
+        setup = self.setup
+        speaker = setup.cast[payload["speaker"]]
+        turn = await self._turn(
+            speaker,
+            index=payload["index"],
+            round_no=payload["round"],
+            kind="statement",
+            visible=payload["visible"],
+            instruction=prompts.turn_instruction(speaker, payload["round"], setup.rounds),
+        )
+        return {"turns": [turn]}
+
+    async def interject(self, state: DebateState) -> dict:
+        moderator = self.setup.moderator
+        turns = state.get("turns", [])
+        turn = await self._turn(
+            moderator,
+            index=len(turns),
+            round_no=state["round"],
+            kind="interjection",
+            visible=turns,
+            instruction=prompts.interjection_instruction(moderator, state["round"]),
+        )
+        return {"turns": [turn], "interject": False}
+
+    async def select(self, state: DebateState) -> dict:
+        """The moderator's model picks the next speaker; anything unusable falls back."""
+        setup = self.setup
+        moderator = setup.moderator
+        candidates = [setup.cast[pid] for pid in state["pending"]]
+        turns = state.get("turns", [])
+        prompt = prompts.build(
+            moderator, setup.scenario, setup.cast, turns, prompts.selection_instruction(candidates)
+        )
+        reply = await self._call(
+            moderator,
+            prompt,
+            index=len(turns),
+            max_tokens=SELECT_MAX_TOKENS,
+            temperature=0.0,
+            stream=False,
+        )
+        choice = prompts.pick_speaker(reply.text, candidates)
+        fallback = choice is None
+        if fallback:
+            choice = candidates[0].id  # round-robin order among those still to speak
+        event = self._event(
+            "speaker_selected",
+            round=state["round"],
+            before_turn=len(turns),
+            speaker=choice,
+            fallback=fallback,
+            reply=reply.text.strip()[:200],
+            tokens=_tokens(reply, prompt),
+        )
+        return {"pending": [choice], "events": [event]}
+
+    def _verdict_tokens(self) -> int:
+        return max(VERDICT_MIN_TOKENS, 2 * self.setup.speakers[self.setup.moderator.id].max_tokens)
+
+    async def close(self, state: DebateState) -> dict:
+        """The moderator's verdict: validated, retried once, else archived as plain text."""
+        setup = self.setup
+        moderator = setup.moderator
+        turns = state.get("turns", [])
+        participants = [setup.cast[pid] for pid in setup.participants]
+        budget_left = setup.token_budget - tokens_used(state)
+        if _transcript_tokens(turns) + self._verdict_tokens() > budget_left:
+            event = self._event("verdict_skipped", reason="token budget exhausted")
+            return {"events": [event], "verdict": None}
+        instruction = prompts.verdict_instruction(setup.scenario, setup.cast)
+        index = len(turns)
+        first = await self._turn(
+            moderator,
+            index=index,
+            round_no=state.get("round", 0),
+            kind="verdict",
+            visible=turns,
+            instruction=instruction,
+            max_tokens=self._verdict_tokens(),
+            stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
+        )
+        new_turns = [first]
+        events: list[dict] = []
+        try:
+            verdict = parse_verdict(first["text"], participants)
+            return {"turns": new_turns, "verdict": {"valid": True, **verdict.model_dump()}}
+        except ValueError as exc:
+            first_error = str(exc)
+        events.append(self._event("verdict_retry", turn=index, reason=first_error))
+        prompt = prompts.build(moderator, setup.scenario, setup.cast, turns, instruction)
+        prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
+        prompt.messages.append(
+            {"role": "user", "content": prompts.verdict_retry_instruction(first_error)}
+        )
+        started = time.perf_counter()
+        reply = await self._call(
+            moderator, prompt, index=index, max_tokens=self._verdict_tokens(), stream=False
+        )
+        try:
+            verdict = parse_verdict(reply.text, participants)
+            record = {"valid": True, "retried": True, **verdict.model_dump()}
+            events.append(
+                self._event(
+                    "verdict_retry_ok",
+                    turn=index,
+                    tokens=_tokens(reply, prompt),
+                    latency=round(time.perf_counter() - started, 3),
+                    text=reply.text.strip(),
+                )
+            )
+            return {"turns": new_turns, "events": events, "verdict": record}
+        except ValueError as exc:
+            events.append(
+                self._event(
+                    "verdict_malformed",
+                    turn=index,
+                    reason=str(exc),
+                    tokens=_tokens(reply, prompt),
+                    text=reply.text.strip(),
+                )
+            )
+            record = {
+                "valid": False,
+                "error": str(exc),
+                "text": reply.text.strip() or first["text"],
+            }
+            return {"turns": new_turns, "events": events, "verdict": record}
+
+    # --- assembly ----------------------------------------------------------------------------
+    def build(self) -> StateGraph:
+        graph = StateGraph(DebateState)
+        graph.add_node("open", self.open)
+        graph.add_node("plan", self.plan)
+        graph.add_node("speak", self.speak)
+        graph.add_node("select", self.select)
+        graph.add_node("interject", self.interject)
+        graph.add_node("close", self.close)
+        graph.add_edge(START, "open")
+        graph.add_edge("open", "plan")
+        graph.add_conditional_edges("plan", self.route, ["speak", "select", "interject", "close"])
+        graph.add_conditional_edges(
+            "select", lambda state: self._send(state, state["pending"][0], 0), ["speak"]
+        )
+        graph.add_edge("speak", "plan")
+        graph.add_edge("interject", "plan")
+        graph.add_edge("close", END)
+        return graph
+
+    def compile(self, checkpointer: Any = None):
+        return self.build().compile(checkpointer=checkpointer)

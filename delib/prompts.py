@@ -1,0 +1,155 @@
+"""Turning the shared transcript into the messages one speaker sees.
+
+Every prompt is built from the current speaker's point of view: their own earlier turns are
+``assistant`` messages, everyone else's are ``user`` messages prefixed with the speaker's name,
+and runs of one role are merged, so the list always starts with ``user`` and strictly
+alternates. That satisfies chat templates that demand alternation; the system text can be
+sent natively or folded into the first user message (see ``endpoints.Prompt``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from delib.endpoints import Prompt
+from delib.personas import Persona
+from delib.scenarios import Scenario
+
+# Markers the test server's default responder keys on; stable wording, part of the protocol.
+TURN_MARKER = "It is your turn"
+SELECT_MARKER = "Who should speak next?"
+VERDICT_MARKER = "Write the closing verdict"
+
+RULES = """\
+You are taking part in a structured deliberation between several panelists, run by a
+moderator. Stay in character. Argue from your own positions, respond to what others actually
+said, and keep each contribution short: one to three paragraphs. Speak only for yourself:
+never write lines for other panelists or the moderator, and do not prefix your reply with
+your name."""
+
+
+def _brief(scenario: Scenario, cast: dict[str, Persona]) -> str:
+    panel = "\n".join(
+        f"- {cast[pid].name} ({pid}): {cast[pid].role}" for pid in scenario.participants
+    )
+    moderator = cast[scenario.moderator]
+    parts = [f"Deliberation: {scenario.title}", f"Question: {scenario.question.strip()}"]
+    if scenario.background.strip():
+        parts.append(f"Background: {scenario.background.strip()}")
+    parts.append(f"Moderator: {moderator.name}\nPanelists:\n{panel}")
+    return "\n\n".join(parts)
+
+
+def _label(turn: dict, cast: dict[str, Persona]) -> str:
+    persona = cast.get(turn["speaker"])
+    name = persona.name if persona else turn["speaker"]
+    return f"[{name}]"
+
+
+def build(
+    speaker: Persona,
+    scenario: Scenario,
+    cast: dict[str, Persona],
+    turns: list[dict],
+    instruction: str,
+) -> Prompt:
+    """The prompt for ``speaker``: persona and rules, the brief, the transcript, the instruction."""
+    system = f"{speaker.prompt.strip()}\n\n{RULES}\nYou are {speaker.name}."
+    messages: list[dict[str, str]] = [{"role": "user", "content": _brief(scenario, cast)}]
+    for turn in turns:
+        if turn["speaker"] == speaker.id:
+            role, content = "assistant", turn["text"]
+        else:
+            role, content = "user", f"{_label(turn, cast)} {turn['text']}"
+        if messages[-1]["role"] == role:
+            messages[-1]["content"] += f"\n\n{content}"
+        else:
+            messages.append({"role": role, "content": content})
+    if messages[-1]["role"] == "user":
+        messages[-1]["content"] += f"\n\n{instruction}"
+    else:
+        messages.append({"role": "user", "content": instruction})
+    return Prompt(system=system, messages=messages)
+
+
+def opening_instruction(moderator: Persona, scenario: Scenario) -> str:
+    return (
+        f"{TURN_MARKER}, {moderator.name}. Open the deliberation: introduce the question and "
+        "the panelists in a few sentences and invite the first speaker. Do not answer the "
+        "question yourself."
+    )
+
+
+def turn_instruction(speaker: Persona, round_no: int, rounds: int) -> str:
+    stage = (
+        "final round: state your position and what would change your mind"
+        if (round_no == rounds)
+        else f"round {round_no} of {rounds}"
+    )
+    return f"{TURN_MARKER}, {speaker.name} ({stage}). Give your contribution now."
+
+
+def interjection_instruction(moderator: Persona, round_no: int) -> str:
+    return (
+        f"{TURN_MARKER}, {moderator.name}. Round {round_no - 1} is over. In two or three "
+        "sentences, name the sharpest unresolved disagreement so far and put a pointed "
+        f"question to a specific panelist for round {round_no}."
+    )
+
+
+def selection_instruction(candidates: list[Persona]) -> str:
+    listing = "\n".join(f"- {p.id}: {p.name}" for p in candidates)
+    return (
+        f"{SELECT_MARKER} You are moderating; choose one panelist from this list whose "
+        f"contribution would move the deliberation forward most now:\n{listing}\n"
+        "Answer with the panelist's id only."
+    )
+
+
+def verdict_instruction(scenario: Scenario, cast: dict[str, Persona]) -> str:
+    positions = ", ".join(f'"{pid}": "..."' for pid in scenario.participants)
+    return (
+        f"{TURN_MARKER}, {cast[scenario.moderator].name}. The deliberation is over. "
+        f"{VERDICT_MARKER} as a fair synthesis of what was actually said. "
+        "Return only one JSON object, no other text, with exactly these keys:\n"
+        '{"summary": "...", "agreements": ["..."], "disagreements": ["..."], '
+        f'"open_questions": ["..."], "positions": {{{positions}}}}}\n'
+        "Each position is that panelist's final stance in one or two sentences."
+    )
+
+
+def verdict_retry_instruction(error: str) -> str:
+    return (
+        f"That reply could not be used as the verdict ({error}). Reply again with only the "
+        "JSON object described above: keys summary, agreements, disagreements, "
+        "open_questions, positions."
+    )
+
+
+def pick_speaker(reply: str, candidates: list[Persona]) -> str | None:
+    """The candidate a moderator's reply names (by id or display name), or None.
+
+    Only the first candidate mentioned counts; text outside the candidate list is ignored, so
+    no reply can route the debate anywhere but to one of the candidates.
+    """
+    text = reply.lower()
+    best: tuple[int, str] | None = None
+    for persona in candidates:
+        for needle in (persona.id.lower(), persona.name.lower()):
+            match = re.search(rf"(?<![\w-]){re.escape(needle)}(?![\w-])", text)
+            if match and (best is None or match.start() < best[0]):
+                best = (match.start(), persona.id)
+    return best[1] if best else None
+
+
+def extract_json_object(text: str) -> dict:
+    """The first JSON object in ``text``, allowing code fences and prose around it."""
+    cleaned = re.sub(r"```(?:json)?", "", text)
+    start = cleaned.find("{")
+    if start < 0:
+        raise ValueError("no JSON object found")
+    obj, _ = json.JSONDecoder().raw_decode(cleaned[start:])
+    if not isinstance(obj, dict):
+        raise ValueError("the JSON is not an object")
+    return obj

@@ -1,0 +1,176 @@
+"""What people read: the live terminal view and the Markdown transcript."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+SPEAKER_STYLES = ("cyan", "green", "magenta", "yellow", "blue", "bright_red", "bright_cyan")
+MODERATOR_STYLE = "bold white"
+
+
+class LiveView:
+    """Prints a debate as it happens.
+
+    Tokens of one turn at a time are printed live; when several speakers talk at once
+    (simultaneous rounds), the others are held back and printed whole as they finish, so
+    output never interleaves.
+    """
+
+    def __init__(self, console: Console, stream: bool = True) -> None:
+        self.console = console
+        self.stream = stream
+        self.styles: dict[str, str] = {}
+        self.live: int | None = None
+        self.starts: dict[int, dict] = {}
+        self.buffers: dict[int, list[str]] = {}
+        self.done: dict[int, dict] = {}
+
+    def style(self, speaker: str, role: str) -> str:
+        if role == "moderator":
+            return MODERATOR_STYLE
+        if speaker not in self.styles:
+            self.styles[speaker] = SPEAKER_STYLES[len(self.styles) % len(SPEAKER_STYLES)]
+        return self.styles[speaker]
+
+    def header(self, start: dict) -> None:
+        label = {"opening": "opens", "interjection": "interjects", "verdict": "closes"}.get(
+            start.get("turn_kind", ""), f"round {start['round']}"
+        )
+        self.console.print()
+        self.console.print(
+            Text(f"{start['name']}", style=self.style(start["speaker"], start["role"]))
+            + Text(f" · {label}", style="dim")
+        )
+
+    def handle(self, message: dict) -> None:
+        kind = message["kind"]
+        if kind == "turn_start":
+            self.starts[message["index"]] = message
+            self.buffers.setdefault(message["index"], [])
+            if self.live is None and self.stream:
+                self.live = message["index"]
+                self.header(message)
+        elif kind == "token":
+            if message["index"] == self.live:
+                self.console.print(message["text"], end="", markup=False, highlight=False)
+            else:
+                self.buffers.setdefault(message["index"], []).append(message["text"])
+        elif kind == "retry":
+            self.console.print(
+                f"\n[dim]… retrying {message['speaker']} (attempt {message['attempt'] + 1}): "
+                f"{message['error']}[/dim]",
+                highlight=False,
+            )
+            if message["index"] in self.buffers:
+                self.buffers[message["index"]].clear()
+        elif kind == "turn":
+            self._finish(message["turn"])
+        elif kind == "event":
+            self.event(message["event"])
+
+    def _finish(self, turn: dict) -> None:
+        index = turn["index"]
+        if index == self.live:
+            if turn["kind"] == "verdict":
+                self.console.print("[dim](verdict below)[/dim]", end="")
+            self.console.print()
+            self.live = None
+        else:
+            start = self.starts.get(index) or {**turn, "turn_kind": turn["kind"]}
+            self.header(start)
+            if turn["kind"] != "verdict":
+                self.console.print(turn["text"], markup=False, highlight=False)
+        self.starts.pop(index, None)
+        self.buffers.pop(index, None)
+        # Promote a turn still streaming, showing what it has said so far.
+        if self.live is None and self.stream and self.starts:
+            nxt = min(self.starts)
+            self.live = nxt
+            self.header(self.starts[nxt])
+            self.console.print(
+                "".join(self.buffers.get(nxt, [])), end="", markup=False, highlight=False
+            )
+
+    def event(self, event: dict) -> None:
+        name = event["event"]
+        if name == "speaker_selected":
+            note = " (reply named nobody eligible; round-robin order)" if event["fallback"] else ""
+            self.console.print(f"[dim]moderator picks {event['speaker']}{note}[/dim]")
+        else:
+            detail = event.get("reason") or event.get("what") or ""
+            self.console.print(f"[yellow]⚑ {name}[/yellow] [dim]{detail}[/dim]", highlight=False)
+
+
+def _tokens_line(tokens: dict) -> str:
+    mark = " (estimated)" if tokens.get("estimated") else ""
+    return f"{tokens['prompt']} prompt + {tokens['completion']} completion tokens{mark}"
+
+
+def markdown(manifest: dict, records: list[dict]) -> str:
+    """The debate as a person would read it."""
+    scenario = manifest["scenario"]
+    lines = [
+        f"# {scenario['title']}",
+        "",
+        f"> {scenario['question'].strip()}",
+        "",
+        f"- Run: `{manifest['run_id']}`",
+        f"- Protocol: {manifest['protocol']}, rounds: {manifest['rounds']}",
+        f"- Started: {manifest['started_at']}; ended: {manifest.get('ended_at') or '—'}",
+        f"- Stop reason: **{manifest.get('stop_reason') or 'running'}**",
+    ]
+    if manifest.get("error"):
+        lines.append(f"- Error: {manifest['error']}")
+    models = sorted({f"{p['model']} @ {p['endpoint']}" for p in manifest["personas"]})
+    lines += [f"- Models: {', '.join(models)}", ""]
+    current_round = None
+    for record in records:
+        if record["type"] == "event":
+            detail = record.get("reason") or record.get("speaker") or ""
+            lines += [f"> ⚑ *{record['event']}* {detail}".rstrip(), ""]
+            continue
+        if record["kind"] == "statement" and record["round"] != current_round:
+            current_round = record["round"]
+            lines += [f"## Round {current_round}", ""]
+        label = {"opening": "opening", "interjection": "moderator", "verdict": "verdict"}.get(
+            record["kind"], record["role"]
+        )
+        lines += [f"### {record['name']} · {label}", ""]
+        if record["kind"] == "verdict" and (manifest.get("verdict") or {}).get("valid"):
+            lines += ["*(structured verdict below)*", ""]
+        else:
+            lines += [record["text"] or "*(empty reply)*", ""]
+    lines += verdict_lines(manifest)
+    tokens = manifest.get("tokens")
+    if tokens:
+        lines += ["---", "", f"Tokens: {_tokens_line(tokens)}.", ""]
+    return "\n".join(lines)
+
+
+def verdict_lines(manifest: dict) -> list[str]:
+    """The verdict section of a transcript, in Markdown."""
+    verdict = manifest.get("verdict")
+    if not verdict:
+        return []
+    lines = ["## Verdict", ""]
+    if not verdict.get("valid"):
+        return lines + [
+            f"*The verdict could not be validated ({verdict.get('error')}); kept as plain text:*",
+            "",
+            verdict.get("text", ""),
+            "",
+        ]
+    lines += [verdict["summary"], ""]
+    sections = (
+        ("Agreements", "agreements"),
+        ("Disagreements", "disagreements"),
+        ("Open questions", "open_questions"),
+    )
+    for title, key in sections:
+        if verdict[key]:
+            lines += [f"**{title}**", ""] + [f"- {item}" for item in verdict[key]] + [""]
+    names = {p["id"]: p["name"] for p in manifest["personas"]}
+    lines += ["**Final positions**", ""]
+    lines += [f"- {names.get(pid, pid)}: {pos}" for pid, pos in verdict["positions"].items()]
+    return lines + [""]
