@@ -396,7 +396,7 @@ class Debate:
         prompt = prompts.build(moderator, setup.scenario, setup.cast, turns, instruction)
         prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
         prompt.messages.append(
-            {"role": "user", "content": prompts.verdict_retry_instruction(first_error)}
+            {"role": "user", "content": prompts.verdict_retry_instruction(first_error, instruction)}
         )
         started = time.perf_counter()
         reply = await self._call(

@@ -119,12 +119,9 @@ def verdict_instruction(scenario: Scenario, cast: dict[str, Persona]) -> str:
     )
 
 
-def verdict_retry_instruction(error: str) -> str:
-    return (
-        f"That reply could not be used as the verdict ({error}). Reply again with only the "
-        "JSON object described above: keys summary, agreements, disagreements, "
-        "open_questions, positions."
-    )
+def verdict_retry_instruction(error: str, instruction: str) -> str:
+    """Ask again, repeating the whole instruction: small models forget what 'above' was."""
+    return f"That reply could not be used as the verdict ({error}).\n\n{instruction}"
 
 
 def pick_speaker(reply: str, candidates: list[Persona]) -> str | None:

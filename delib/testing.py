@@ -127,8 +127,7 @@ class FakeOpenAIServer:
 
     def start(self) -> FakeOpenAIServer:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer((self.host, self.port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -165,11 +164,22 @@ class FakeOpenAIServer:
         return None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or go away mid-reply are part of the tests, not errors.
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAIServer
 
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
+
+    def _headers(self) -> dict[str, str]:
+        return {key.lower(): value for key, value in self.headers.items()}
 
     def _send_json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -192,9 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
-        self.fake.history.append(
-            {"path": self.path, "method": "GET", "headers": dict(self.headers)}
-        )
+        self.fake.history.append({"path": self.path, "method": "GET", "headers": self._headers()})
         if not self._authorised():
             return
         if self.path.rstrip("/").endswith("/v1/models"):
@@ -214,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.fake
         fake.history.append(
-            {"path": self.path, "method": "POST", "body": body, "headers": dict(self.headers)}
+            {"path": self.path, "method": "POST", "body": body, "headers": self._headers()}
         )
         if not self.path.rstrip("/").endswith("/v1/chat/completions"):
             self._error(404, f"no route {self.path}")
@@ -240,7 +248,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(fault.status, fault.message, headers)
             return
         if reply is None:
-            reply = fake.responder(body)
+            try:
+                reply = fake.responder(body)
+            except Exception as exc:  # a broken script should fail loudly, not hang a test
+                self._error(500, f"responder failed: {type(exc).__name__}: {exc}")
+                return
         if fake.delay:
             time.sleep(fake.delay)
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in body["messages"]) // 4 + 1

@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated working directory and a scripted OpenAI server on loopback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from delib.testing import FakeOpenAIServer
+
+ENV_TO_CLEAR = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "DELIB_TRANSCRIPTS",
+    "DELIB_DEBUG",
+    "XDG_CONFIG_HOME",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own empty folder with its own config dir and no OpenAI env."""
+    for name in ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("DELIB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as fake:
+        yield fake
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run the real entry point in-process; return exit code, stdout, stderr."""
+    from delib.cli import main
+
+    old_argv = sys.argv
+    sys.argv = ["delib", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture):
+    return lambda *args: run_cli(list(args), capsys)
