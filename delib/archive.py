@@ -25,9 +25,8 @@ TRANSCRIPT_FILE = "transcript.md"
 
 def archive_dir(flag: Path | None) -> Path:
     """``--archive`` if given, else ``$DELIB_TRANSCRIPTS``, else ``./transcripts``."""
-    if flag is not None:
-        return flag
-    return Path(os.environ.get(ARCHIVE_ENV) or DEFAULT_ARCHIVE)
+    chosen = flag if flag is not None else Path(os.environ.get(ARCHIVE_ENV) or DEFAULT_ARCHIVE)
+    return chosen.expanduser().absolute()
 
 
 def new_run_id(scenario_id: str) -> str:

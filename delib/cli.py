@@ -40,7 +40,7 @@ app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(transcripts_app, name="transcripts")
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 DEBUG = {"on": bool(os.environ.get("DELIB_DEBUG"))}
 
 # Exit codes: 1 for errors the user can fix, 130 after Ctrl-C (the shell convention).
@@ -188,7 +188,10 @@ async def _run(request: RunRequest, view: LiveView, console: Console):
 @personas_app.command("list")
 def personas_list(personas_dir: PersonasDir = None) -> None:
     """List known personas."""
-    table = Table("id", "name", "role", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name")
+    table.add_column("role")
     for loaded in persona_library(personas_dir).all():
         p = loaded.item
         table.add_row(p.id, p.name, p.role)
@@ -216,7 +219,12 @@ def personas_show(
 @scenarios_app.command("list")
 def scenarios_list(scenarios_dir: ScenariosDir = None) -> None:
     """List known scenarios."""
-    table = Table("id", "title", "protocol", "rounds", "participants", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True)
+    table.add_column("title")
+    table.add_column("protocol", no_wrap=True)
+    table.add_column("rounds")
+    table.add_column("participants", overflow="fold")
     for loaded in scenario_library(scenarios_dir).all():
         s = loaded.item
         table.add_row(s.id, s.title, s.protocol.value, str(s.rounds), ", ".join(s.participants))
@@ -247,17 +255,20 @@ def scenarios_show(
 def transcripts_list(archive: ArchiveOpt = None) -> None:
     """List archived runs, newest first."""
     folders = run_folders(archive_dir(archive))
-    table = Table("run", "scenario", "stop reason", "turns", "tokens", box=None)
+    table = Table(box=None)
+    table.add_column("run (time-scenario-tag)", no_wrap=True)
+    table.add_column("stop reason", no_wrap=True)
+    table.add_column("turns")
+    table.add_column("tokens")
     for folder in folders:
         try:
             m = read_manifest(folder)
         except DelibError as exc:
-            table.add_row(folder.name, "?", f"unreadable: {exc}", "", "")
+            table.add_row(folder.name, f"unreadable: {exc}", "", "")
             continue
         tokens = (m.get("tokens") or {}).get("total", "")
         table.add_row(
             m["run_id"],
-            m["scenario"]["id"],
             m.get("stop_reason") or "running",
             str(m.get("turns", "")),
             str(tokens),

@@ -131,7 +131,7 @@ class Library(Generic[M]):
     def get(self, item_id: str) -> Loaded[M]:
         items = self._load()
         if item_id not in items:
-            raise UnknownIdError(self.kind, item_id, sorted(items))
+            raise UnknownIdError(self.kind.removesuffix("s"), item_id, sorted(items))
         return items[item_id]
 
     def all(self) -> list[Loaded[M]]:

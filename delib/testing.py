@@ -111,9 +111,10 @@ class FakeOpenAIServer:
         with self._lock:
             self._replies.extend(replies)
 
-    def fail(self, *faults: Fault) -> None:
-        """Faults for the next chat requests, in order."""
+    def fail(self, *faults: Fault, after: int = 0) -> None:
+        """Faults for the next chat requests, in order, once ``after`` requests have passed."""
         with self._lock:
+            self._faults.extend([None] * after)
             self._faults.extend(faults)
 
     def chat_requests(self) -> list[dict]:
