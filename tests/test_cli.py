@@ -33,8 +33,18 @@ def free_port() -> int:
 
 
 def test_run_json_summary(cli, server: FakeOpenAIServer, isolated: Path):
-    code, out, err = cli("run", "alignment-difficulty", "--base-url", server.base_url,
-                         "--model", "test-model", "--rounds", "1", "--no-stream", "--json")
+    code, out, err = cli(
+        "run",
+        "alignment-difficulty",
+        "--base-url",
+        server.base_url,
+        "--model",
+        "test-model",
+        "--rounds",
+        "1",
+        "--no-stream",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["stop_reason"] == "completed"
@@ -45,29 +55,49 @@ def test_run_json_summary(cli, server: FakeOpenAIServer, isolated: Path):
 
 
 def test_run_streams_with_speaker_names(cli, server: FakeOpenAIServer, tmp_path: Path):
-    code, out, err = cli("run", "cot-faithfulness", "--base-url", server.base_url,
-                         "--rounds", "1", "--archive", str(tmp_path / "a"))
+    code, out, err = cli(
+        "run",
+        "cot-faithfulness",
+        "--base-url",
+        server.base_url,
+        "--rounds",
+        "1",
+        "--archive",
+        str(tmp_path / "a"),
+    )
     assert code == 0, err
     assert "The Interpretability Researcher" in out and "The Value-Learning Skeptic" in out
     assert "stop reason: completed" in out and "Verdict" in out
 
 
-def test_archive_from_environment(cli, server: FakeOpenAIServer, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch):
+def test_archive_from_environment(
+    cli, server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("DELIB_TRANSCRIPTS", str(tmp_path / "elsewhere"))
-    code, out, _ = cli("run", "alignment-difficulty", "--base-url", server.base_url,
-                       "--rounds", "1", "--json")
+    code, out, _ = cli(
+        "run", "alignment-difficulty", "--base-url", server.base_url, "--rounds", "1", "--json"
+    )
     assert code == 0
     assert Path(json.loads(out)["folder"]).parent == tmp_path / "elsewhere"
 
 
-def test_openai_env_vars_and_named_endpoints(cli, tmp_path: Path, isolated: Path,
-                                             monkeypatch: pytest.MonkeyPatch):
+def test_openai_env_vars_and_named_endpoints(
+    cli, tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+):
     with FakeOpenAIServer(models=("m1", "m2"), require_api_key=SECRET) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-        code, out, err = cli("run", "alignment-difficulty", "--model", "m1", "--rounds", "1",
-                             "--persona-model", "oversight=m2", "--json")
+        code, out, err = cli(
+            "run",
+            "alignment-difficulty",
+            "--model",
+            "m1",
+            "--rounds",
+            "1",
+            "--persona-model",
+            "oversight=m2",
+            "--json",
+        )
         assert code == 0, err
         manifest = json.loads((Path(json.loads(out)["folder"]) / "manifest.json").read_text())
         models = {p["id"]: p["model"] for p in manifest["personas"]}
@@ -88,7 +118,7 @@ def test_openai_env_vars_and_named_endpoints(cli, tmp_path: Path, isolated: Path
         assert server.chat_requests()[-1]["headers"]["x-team"] == "alignment"
     for path in [*folder.iterdir(), *folder.parent.glob("*/*")]:
         assert SECRET not in path.read_text(), path
-        assert "alignment\"" not in path.read_text() or path.name != "manifest.json"
+        assert 'alignment"' not in path.read_text() or path.name != "manifest.json"
 
 
 def test_personas_and_scenarios_commands(cli):
@@ -104,8 +134,17 @@ def test_personas_and_scenarios_commands(cli):
 
 def test_transcripts_list_and_show(cli, server: FakeOpenAIServer, tmp_path: Path):
     archive = str(tmp_path / "arch")
-    code, out, _ = cli("run", "helpful-only-model", "--base-url", server.base_url,
-                       "--rounds", "1", "--json", "--archive", archive)
+    code, out, _ = cli(
+        "run",
+        "helpful-only-model",
+        "--base-url",
+        server.base_url,
+        "--rounds",
+        "1",
+        "--json",
+        "--archive",
+        archive,
+    )
     run_id = json.loads(out)["run_id"]
     code, out, _ = cli("transcripts", "list", "--archive", archive)
     assert code == 0 and "helpful-only-model" in out and "completed" in out
@@ -116,17 +155,29 @@ def test_transcripts_list_and_show(cli, server: FakeOpenAIServer, tmp_path: Path
 def test_help_is_clear(cli):
     code, out, _ = cli("run", "--help")
     assert code == 0
-    for flag in ("--base-url", "--model", "--endpoint", "--persona-model", "--rounds",
-                 "--protocol", "--temperature", "--max-tokens", "--seed", "--no-stream",
-                 "--json", "--archive"):
+    for flag in (
+        "--base-url",
+        "--model",
+        "--endpoint",
+        "--persona-model",
+        "--rounds",
+        "--protocol",
+        "--temperature",
+        "--max-tokens",
+        "--seed",
+        "--no-stream",
+        "--json",
+        "--archive",
+    ):
         assert flag in out
 
 
 # --- errors a new user will hit ----------------------------------------------------------------
 def test_unknown_scenario(cli):
     code, _, err = cli("run", "alignment-dificulty", "--base-url", "http://127.0.0.1:9/v1")
-    assert_one_line_error(code, err, "unknown scenario 'alignment-dificulty'",
-                          "alignment-difficulty")
+    assert_one_line_error(
+        code, err, "unknown scenario 'alignment-dificulty'", "alignment-difficulty"
+    )
 
 
 def test_unknown_persona_in_scenario(cli, isolated: Path):
@@ -173,14 +224,21 @@ def test_unreachable_endpoint(cli, isolated: Path):
 
 
 def test_unknown_model(cli, server: FakeOpenAIServer):
-    code, _, err = cli("run", "alignment-difficulty", "--base-url", server.base_url,
-                       "--model", "gpt-9")
+    code, _, err = cli(
+        "run", "alignment-difficulty", "--base-url", server.base_url, "--model", "gpt-9"
+    )
     assert_one_line_error(code, err, "model 'gpt-9'", "offered: test-model")
 
 
 def test_unknown_persona_model_target(cli, server: FakeOpenAIServer):
-    code, _, err = cli("run", "alignment-difficulty", "--base-url", server.base_url,
-                       "--persona-model", "ghost=test-model")
+    code, _, err = cli(
+        "run",
+        "alignment-difficulty",
+        "--base-url",
+        server.base_url,
+        "--persona-model",
+        "ghost=test-model",
+    )
     assert_one_line_error(code, err, "unknown persona 'ghost'", "--persona-model")
 
 
@@ -207,8 +265,9 @@ def test_broken_config_file(cli, isolated: Path):
 def test_wrong_api_key(cli, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OPENAI_API_KEY", "wrong-value")
     with FakeOpenAIServer(require_api_key=SECRET) as server:
-        code, _, err = cli("run", "alignment-difficulty", "--base-url", server.base_url,
-                           "--model", "test-model")
+        code, _, err = cli(
+            "run", "alignment-difficulty", "--base-url", server.base_url, "--model", "test-model"
+        )
     assert_one_line_error(code, err, "401", "OPENAI_API_KEY")
     assert "wrong-value" not in err
 
@@ -236,14 +295,30 @@ def test_real_process_exit_code_and_no_traceback(server: FakeOpenAIServer, isola
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     bad = subprocess.run(
         [sys.executable, "-m", "delib", "run", "nope", "--base-url", server.base_url],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().startswith("error: unknown scenario 'nope'")
     good = subprocess.run(
-        [sys.executable, "-m", "delib", "run", "alignment-difficulty", "--base-url",
-         server.base_url, "--rounds", "1", "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "delib",
+            "run",
+            "alignment-difficulty",
+            "--base-url",
+            server.base_url,
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["stop_reason"] == "completed"
