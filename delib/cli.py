@@ -142,7 +142,13 @@ def run(
     )
     view_console = err if as_json else out
     view = LiveView(view_console, stream=not no_stream)
-    result = asyncio.run(_run(request, view, view_console))
+    debate = Run(request)
+    try:
+        result = asyncio.run(_run(debate, view, view_console))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        where = f" in {debate.folder.path}" if debate.folder else ""
+        err.print(f"[yellow]interrupted[/yellow]; finished turns are kept{where}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         print(json.dumps(result.summary()))
     else:
@@ -164,12 +170,11 @@ def run(
         raise typer.Exit(EXIT_ERROR)
 
 
-async def _run(request: RunRequest, view: LiveView, console: Console):
+async def _run(debate: Run, view: LiveView, console: Console):
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    debate = Run(request)
     try:
         with console.status("checking endpoints and models…"):
             setup = await debate.prepare()
@@ -298,6 +303,6 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         err.print("[yellow]interrupted[/yellow]; finished turns are kept in the run folder")
         sys.exit(EXIT_INTERRUPTED)

@@ -322,3 +322,49 @@ def test_real_process_exit_code_and_no_traceback(server: FakeOpenAIServer, isola
     )
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["stop_reason"] == "completed"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_keeps_turns_and_says_so(isolated: Path, sig: str):
+    import signal
+    import time
+
+    with FakeOpenAIServer(delay=0.3) as server:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "delib",
+                "run",
+                "alignment-difficulty",
+                "--base-url",
+                server.base_url,
+                "--rounds",
+                "3",
+                "--archive",
+                str(isolated / "a"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        turns_file = None
+        while time.monotonic() < deadline:
+            found = list((isolated / "a").glob("*/turns.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 2:
+                turns_file = found[0]
+                break
+            time.sleep(0.05)
+        assert turns_file is not None, "the run never got going"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    manifest = json.loads((turns_file.parent / "manifest.json").read_text())
+    assert manifest["stop_reason"] == "interrupted"
+    kept = turns_file.read_text().splitlines()
+    assert len(kept) >= 2 and manifest["turns"] == len(kept)
+    assert [json.loads(line)["index"] for line in kept] == list(range(len(kept)))
