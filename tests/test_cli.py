@@ -291,37 +291,29 @@ def test_server_failing_mid_run_keeps_turns(cli, isolated: Path):
     assert [json.loads(t)["text"] for t in turns] == ["Welcome, panel.", "First point."]
 
 
-def test_real_process_exit_code_and_no_traceback(server: FakeOpenAIServer, isolated: Path):
+def delib_process(*args: str) -> subprocess.Popen:
+    """Start delib as a real child process, importing this checkout."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    bad = subprocess.run(
-        [sys.executable, "-m", "delib", "run", "nope", "--base-url", server.base_url],
-        capture_output=True,
+    return subprocess.Popen(
+        [sys.executable, "-m", "delib", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=120,
     )
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().startswith("error: unknown scenario 'nope'")
-    good = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "delib",
-            "run",
-            "alignment-difficulty",
-            "--base-url",
-            server.base_url,
-            "--rounds",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+
+
+def test_real_process_exit_code_and_no_traceback(server: FakeOpenAIServer, isolated: Path):
+    bad = delib_process("run", "nope", "--base-url", server.base_url)
+    _, bad_err = bad.communicate(timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad_err
+    assert bad_err.strip().startswith("error: unknown scenario 'nope'")
+    good = delib_process(
+        "run", "alignment-difficulty", "--base-url", server.base_url, "--rounds", "1", "--json"
     )
-    assert good.returncode == 0, good.stderr
-    assert json.loads(good.stdout)["stop_reason"] == "completed"
+    good_out, good_err = good.communicate(timeout=120)
+    assert good.returncode == 0, good_err
+    assert json.loads(good_out)["stop_reason"] == "completed"
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
@@ -330,25 +322,16 @@ def test_interrupt_keeps_turns_and_says_so(isolated: Path, sig: str):
     import time
 
     with FakeOpenAIServer(delay=0.3) as server:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "delib",
-                "run",
-                "alignment-difficulty",
-                "--base-url",
-                server.base_url,
-                "--rounds",
-                "3",
-                "--archive",
-                str(isolated / "a"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        archive = str(isolated / "a")
+        proc = delib_process(
+            "run",
+            "alignment-difficulty",
+            "--base-url",
+            server.base_url,
+            "--rounds",
+            "3",
+            "--archive",
+            archive,
         )
         deadline = time.monotonic() + 60
         turns_file = None
