@@ -290,7 +290,8 @@ class EndpointClient:
                 f"no model chosen for endpoint '{self.name}' ({self.endpoint.config.base_url}); "
                 f"offered: {listing}; pass --model, or set 'model' for the endpoint in delib.toml"
             )
-        if offered is not None and model not in offered:
+        if offered is not None and model not in offered and f"{model}:latest" not in offered:
+            # (Ollama lists "name:latest" but answers to plain "name".)
             raise UnknownModel(
                 f"endpoint '{self.name}' at {self.endpoint.config.base_url} does not offer "
                 f"model '{model}'; offered: {', '.join(offered) or 'none'}; "

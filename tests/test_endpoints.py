@@ -137,19 +137,26 @@ def test_unknown_model_lists_offered(server: FakeOpenAIServer):
 
 def test_check_model_preflight():
     with FakeOpenAIServer(models=("alpha", "beta")) as server:
-        client = client_for(server.base_url)
 
-        async def go(model):
-            try:
-                return await client.check_model(model)
-            finally:
-                await client.close()
+        def check(model):
+            client = client_for(server.base_url)
 
-        assert asyncio.run(go("beta")) == "beta"
+            async def go():
+                try:
+                    return await client.check_model(model)
+                finally:
+                    await client.close()
+
+            return asyncio.run(go())
+
+        assert check("beta") == "beta"
         with pytest.raises(UnknownModel, match="alpha, beta"):
-            asyncio.run(go("gamma"))
+            check("gamma")
         with pytest.raises(UnknownModel, match="pass --model"):
-            asyncio.run(go(None))
+            check(None)
+        server.models = ("llama3.2:latest",)
+        assert check("llama3.2") == "llama3.2"  # Ollama lists the implicit tag
+        assert check(None) == "llama3.2:latest"  # the only model on offer
 
 
 def free_port() -> int:
