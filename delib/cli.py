@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,13 @@ transcripts_app = typer.Typer(help="List and show archived runs.", no_args_is_he
 app.add_typer(personas_app, name="personas")
 app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(transcripts_app, name="transcripts")
+
+
+class SystemMessage(StrEnum):
+    auto = "auto"
+    native = "native"
+    fold = "fold"
+
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -95,6 +103,14 @@ def run(
             help="Environment variable holding the key for --base-url (default OPENAI_API_KEY)."
         ),
     ] = None,
+    system_message: Annotated[
+        SystemMessage | None,
+        typer.Option(
+            help="native: send a system message; fold: put it in the first user message "
+            "(for servers whose chat template drops or rejects system messages); "
+            "auto: native, folding on a template error."
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="Rounds to run.")] = None,
     protocol: Annotated[
         Protocol | None, typer.Option(help="Turn-taking protocol (default: the scenario's).")
@@ -127,6 +143,7 @@ def run(
             model=model,
             endpoint=endpoint,
             api_key_env=api_key_env,
+            system_message=system_message.value if system_message else None,
             persona_models=parse_persona_models(persona_model or []),
             temperature=temperature,
             max_tokens=max_tokens,

@@ -168,6 +168,7 @@ class Overrides:
     model: str | None = None
     endpoint: str | None = None
     api_key_env: str | None = None
+    system_message: SystemMode | None = None
     persona_models: dict[str, str] = field(default_factory=dict)
     temperature: float | None = None
     max_tokens: int | None = None
@@ -220,6 +221,8 @@ class Resolver:
     def _named(self, name: str, wanted_by: str) -> Endpoint:
         if name not in self._cache:
             cfg = self.config.endpoint(name, wanted_by)
+            if self.overrides.system_message:
+                cfg = cfg.model_copy(update={"system_message": self.overrides.system_message})
             key, env = _api_key(name, cfg.api_key_env, None)
             self._cache[name] = Endpoint(name, cfg, key, env)
         return self._cache[name]
@@ -228,7 +231,9 @@ class Resolver:
         # Keys for ad-hoc URLs follow the openai client's convention: OPENAI_API_KEY.
         if name not in self._cache:
             key, env = _api_key(name, self.overrides.api_key_env, "OPENAI_API_KEY")
-            self._cache[name] = Endpoint(name, EndpointConfig(base_url=base_url), key, env)
+            mode = self.overrides.system_message or "auto"
+            config = EndpointConfig(base_url=base_url, system_message=mode)
+            self._cache[name] = Endpoint(name, config, key, env)
         return self._cache[name]
 
     def endpoint_for(self, persona: Persona, scenario: Scenario) -> Endpoint:

@@ -263,3 +263,15 @@ def test_recursion_limit_is_enough_for_long_runs(
     result, _ = debate(server, tmp_path, rounds=6, protocol=protocol, stream=False)
     assert result.stop_reason is StopReason.completed
     assert result.turns == 1 + 6 * 3 + 5 + 1
+
+
+def test_system_message_fold_flag(server: FakeOpenAIServer, tmp_path: Path):
+    overrides = Overrides(base_url=server.base_url, model="test-model", system_message="fold")
+    result, _ = debate(server, tmp_path, rounds=1, overrides=overrides)
+    assert result.stop_reason is StopReason.completed
+    for request in server.chat_requests():
+        messages = request["body"]["messages"]
+        assert messages[0]["role"] == "user"
+        assert "system" not in [m["role"] for m in messages]
+    first = server.chat_requests()[0]["body"]["messages"][0]["content"]
+    assert "societal-impacts research" in first  # the moderator's persona prompt, folded in
