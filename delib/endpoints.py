@@ -273,9 +273,7 @@ class EndpointClient:
                 self._models = await call()
             else:
                 self._models = await self._with_retries(call)
-        except (openai.OpenAIError, EndpointFailed):
-            return None
-        except UnknownModel:
+        except (openai.OpenAIError, EndpointFailed, UnknownModel):  # no listing to be had
             return None
         return self._models
 
