@@ -14,13 +14,24 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from delib import __version__
 from delib.archive import archive_dir, find_run, read_manifest, read_records, run_folders
-from delib.config import Overrides, parse_persona_models
-from delib.errors import DelibError
+from delib.config import (
+    CLI_ENDPOINT,
+    EMBEDDED_ENDPOINT,
+    PRESETS,
+    Config,
+    Overrides,
+    Resolver,
+    parse_persona_models,
+)
+from delib.errors import DelibError, InputError
+from delib.local import DEFAULT_CTX, LocalServer, extra_installed, model_for
 from delib.personas import persona_library
+from delib.probe import check_endpoint
 from delib.render import LiveView, markdown, verdict_lines
 from delib.run import Run, RunRequest
 from delib.scenarios import Protocol, scenario_library
@@ -36,9 +47,15 @@ app = typer.Typer(
 personas_app = typer.Typer(help="List and show personas.", no_args_is_help=True)
 scenarios_app = typer.Typer(help="List and show scenarios.", no_args_is_help=True)
 transcripts_app = typer.Typer(help="List and show archived runs.", no_args_is_help=True)
+endpoints_app = typer.Typer(
+    help="List configured endpoints and check what a server can do.", no_args_is_help=True
+)
+local_app = typer.Typer(help="The embedded llama.cpp server.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
 app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(transcripts_app, name="transcripts")
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(local_app, name="local")
 
 
 class SystemMessage(StrEnum):
@@ -60,6 +77,25 @@ PersonasDir = Annotated[
 ]
 ScenariosDir = Annotated[
     Path | None, typer.Option("--scenarios-dir", help="Extra folder of scenario YAML files.")
+]
+GgufOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--gguf",
+        help="Serve this GGUF model file locally instead of the bundled model "
+        "(needs the 'local' extra).",
+    ),
+]
+CtxOpt = Annotated[
+    int, typer.Option("--ctx", min=256, help="Context size of the local server, in tokens.")
+]
+ChatFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chat-format",
+        help="llama-cpp-python chat format for the local server (e.g. gemma, chatml); "
+        "default: the file's own template, else one for its model family.",
+    ),
 ]
 ArchiveOpt = Annotated[
     Path | None,
@@ -131,11 +167,22 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")
     ] = False,
+    gguf: GgufOpt = None,
+    ctx: CtxOpt = DEFAULT_CTX,
+    chat_format: ChatFormatOpt = None,
     archive: ArchiveOpt = None,
     personas_dir: PersonasDir = None,
     scenarios_dir: ScenariosDir = None,
 ) -> None:
-    """Run a debate on a scenario and archive it."""
+    """Run a debate on a scenario and archive it.
+
+    With no endpoint given by flag, delib.toml, persona, scenario or OPENAI_BASE_URL, delib
+    starts its bundled small local model (the 'local' extra) for the run and stops it after.
+    """
+    if gguf and (base_url or endpoint):
+        raise InputError(
+            "--gguf serves a local file: it cannot be combined with --base-url or --endpoint"
+        )
     request = RunRequest(
         scenario=scenario,
         overrides=Overrides(
@@ -147,6 +194,7 @@ def run(
             persona_models=parse_persona_models(persona_model or []),
             temperature=temperature,
             max_tokens=max_tokens,
+            gguf=gguf,
         ),
         rounds=rounds,
         protocol=protocol,
@@ -156,6 +204,8 @@ def run(
         archive=archive,
         personas_dir=personas_dir,
         scenarios_dir=scenarios_dir,
+        ctx=ctx,
+        chat_format=chat_format,
     )
     view_console = err if as_json else out
     view = LiveView(view_console, stream=not no_stream)
@@ -182,7 +232,7 @@ def run(
             soft_wrap=True,
         )
     if result.error:
-        err.print(f"[red]error:[/red] {result.error}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(result.error)}", highlight=False, soft_wrap=True)
         err.print(f"[dim]finished turns are kept in {result.folder}[/dim]")
         raise typer.Exit(EXIT_ERROR)
 
@@ -193,8 +243,10 @@ async def _run(debate: Run, view: LiveView, console: Console):
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        with console.status("checking endpoints and models…"):
-            setup = await debate.prepare()
+        with console.status("checking endpoints and models…") as status:
+            setup = await debate.prepare(status.update)
+        if debate.local:
+            _say_local(console, debate.local)
         models = sorted({f"{s.model} @ {s.endpoint.name}" for s in setup.speakers.values()})
         console.print(
             f"[bold]{setup.scenario.title}[/bold]  [dim]{setup.protocol.value}, "
@@ -204,6 +256,159 @@ async def _run(debate: Run, view: LiveView, console: Console):
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await debate.close()
+
+
+def _say_local(console: Console, server: LocalServer) -> None:
+    model = server.model
+    note = (
+        "a small, weak local model: expect short, repetitive turns; use --base-url or "
+        "--endpoint for a stronger one"
+        if model.bundled
+        else f"context {server.ctx} tokens"
+    )
+    console.print(f"[cyan]local model[/cyan] {escape(model.describe())}", soft_wrap=True)
+    console.print(f"[dim]serving at {server.base_url} · {note}[/dim]", soft_wrap=True)
+    for line in server.notes:
+        console.print(f"[dim]{line}[/dim]")
+
+
+# --- endpoints and the local server ----------------------------------------------------------
+@endpoints_app.command("list")
+def endpoints_list() -> None:
+    """List endpoints: presets, those in delib.toml, and the embedded model."""
+    config = Config.load()
+    table = Table(box=None)
+    table.add_column("name", no_wrap=True)
+    table.add_column("base URL", no_wrap=True)
+    table.add_column("model")
+    table.add_column("from", no_wrap=True)
+    for name, cfg in sorted(config.endpoints.items()):
+        source = "preset" if PRESETS.get(name) is cfg else "delib.toml"
+        if name == config.default_endpoint:
+            source += " (default)"
+        table.add_row(name, cfg.base_url, cfg.model or "(server's only model)", source)
+    if EMBEDDED_ENDPOINT not in config.endpoints:
+        state = "installed" if extra_installed() else "not installed: pip install 'delib[local]'"
+        table.add_row(
+            EMBEDDED_ENDPOINT,
+            "(started per run on 127.0.0.1)",
+            "gemma-3-270m or --gguf",
+            f"built in, {state}",
+        )
+    if os.environ.get("OPENAI_BASE_URL"):
+        table.add_row("env", os.environ["OPENAI_BASE_URL"], "", "OPENAI_BASE_URL")
+    out.print(table)
+    sources = ", ".join(str(p) for p in config.sources) or "none found"
+    out.print(f"[dim]config files: {sources}[/dim]", soft_wrap=True)
+
+
+@endpoints_app.command("check")
+def endpoints_check(
+    name: Annotated[
+        str | None, typer.Argument(help="Endpoint name (see 'delib endpoints list').")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="Check this URL instead of a name.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model to check.")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the key for --base-url.")
+    ] = None,
+    gguf: GgufOpt = None,
+    ctx: CtxOpt = DEFAULT_CTX,
+    chat_format: ChatFormatOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Probe an endpoint: reachable, models, system messages, alternation, usage, latency.
+
+    'embedded' starts the local model server for the check and stops it afterwards.
+    """
+    if (name is None) == (base_url is None):
+        raise InputError("give an endpoint NAME or --base-url URL (one of them)")
+    report = asyncio.run(_check(name, base_url, model, api_key_env, gguf, ctx, chat_format))
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        out.print(f"[bold]{report.endpoint}[/bold] {report.base_url}", soft_wrap=True)
+        table = Table(box=None, show_header=False)
+        words = {True: "yes", False: "no", None: "?"}
+        colours = {True: "green", False: "red", None: "yellow"}
+        for f in report.findings:
+            colour = colours[f.ok]
+            table.add_row(f.check, f"[{colour}]{words[f.value]}[/{colour}]", f.detail)
+        out.print(table)
+        verdict = "[green]usable[/green]" if report.usable else "[red]not usable[/red]"
+        out.print(f"{verdict} for delib runs")
+    if not report.usable:
+        raise typer.Exit(EXIT_ERROR)
+
+
+async def _check(name, base_url, model, api_key_env, gguf, ctx, chat_format):
+    resolver = Resolver(
+        Config.load(), Overrides(base_url=base_url, api_key_env=api_key_env, gguf=gguf)
+    )
+    if base_url:
+        return await check_endpoint(resolver.ad_hoc(CLI_ENDPOINT, base_url), model)
+    endpoint = resolver.named(name, "delib endpoints check")
+    if endpoint is not None:
+        return await check_endpoint(endpoint, model)
+    server = LocalServer(model_for(gguf, chat_format), ctx=ctx)
+    try:
+        with err.status(f"starting the local model server for {server.model.alias}…"):
+            await server.start()
+        return await check_endpoint(server.endpoint(), model)
+    finally:
+        server.cleanup()
+
+
+@local_app.command("serve")
+def local_serve(
+    gguf: GgufOpt = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65535, help="Port on 127.0.0.1 (another if taken; 0: any free port)."
+        ),
+    ] = 8080,
+    ctx: CtxOpt = DEFAULT_CTX,
+    chat_format: ChatFormatOpt = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads (default: all available).")
+    ] = None,
+) -> None:
+    """Run the local model server in the foreground until Ctrl-C, for several runs to share."""
+    server = LocalServer(model_for(gguf, chat_format), ctx=ctx, port=port, threads=threads)
+    try:
+        code = asyncio.run(_serve(server))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("[yellow]stopped[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        server.cleanup()
+    raise typer.Exit(code)
+
+
+async def _serve(server: LocalServer) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        with err.status(f"starting the local model server for {server.model.alias}…"):
+            await server.start()
+        for line in server.notes:
+            out.print(f"[dim]{line}[/dim]")
+        out.print(f"[cyan]serving[/cyan] {escape(server.model.describe())}", soft_wrap=True)
+        fold = " --system-message fold" if server.model.chat_format == "gemma" else ""
+        out.print(f"base URL: {server.base_url}", soft_wrap=True)
+        out.print(
+            f"use it:   delib run SCENARIO --base-url {server.base_url}{fold}", soft_wrap=True
+        )
+        out.print("[dim]Ctrl-C stops the server[/dim]")
+        while server.alive():
+            await asyncio.sleep(0.5)
+        err.print(f"[red]error:[/red] {escape(server.death_note() or '')}", soft_wrap=True)
+        return EXIT_ERROR
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 # --- personas and scenarios ------------------------------------------------------------------
@@ -286,7 +491,7 @@ def transcripts_list(archive: ArchiveOpt = None) -> None:
         try:
             m = read_manifest(folder)
         except DelibError as exc:
-            table.add_row(folder.name, f"unreadable: {exc}", "", "")
+            table.add_row(folder.name, f"unreadable: {escape(str(exc))}", "", "")
             continue
         tokens = (m.get("tokens") or {}).get("total", "")
         table.add_row(
@@ -318,7 +523,7 @@ def main() -> None:
     except DelibError as exc:
         if DEBUG["on"]:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         err.print("[yellow]interrupted[/yellow]; finished turns are kept in the run folder")

@@ -1,7 +1,11 @@
 """Named endpoints and the order in which a speaker's endpoint and model are chosen.
 
 Resolution order, most specific first:
-CLI flag > persona file > scenario file > ``default_endpoint`` in delib.toml > ``OPENAI_BASE_URL``.
+CLI flag > persona file > scenario file > ``default_endpoint`` in delib.toml > ``OPENAI_BASE_URL``
+> the embedded local model (``delib.local``), which is started only when nothing else is set.
+
+Presets for the usual local servers (``ollama``, ``vllm``, ``llamacpp``, ``lmstudio``) are named
+endpoints that need no file; a ``delib.toml`` entry of the same name replaces a preset.
 
 ``delib.toml`` is read from the user config folder and then from the working directory, the
 second overriding the first endpoint by endpoint::
@@ -52,6 +56,8 @@ DEFAULT_MAX_TOKENS = 400
 # Name given to endpoints that come from --base-url or OPENAI_BASE_URL rather than delib.toml.
 CLI_ENDPOINT = "cli"
 ENV_ENDPOINT = "env"
+# The local model delib serves itself (see delib.local).
+EMBEDDED_ENDPOINT = "embedded"
 
 SystemMode = Literal["auto", "native", "fold"]
 
@@ -75,6 +81,25 @@ class EndpointConfig(BaseModel):
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=20)
     retry_wait: float = Field(default=DEFAULT_RETRY_WAIT, ge=0)
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Reply cap per turn unless a flag or file says"
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        description="The server's context size: prompts are trimmed to fit it with the reply",
+    )
+
+
+# Ready-made endpoints for the common local servers, each on its usual port.
+PRESETS: dict[str, EndpointConfig] = {
+    # Ollama serves one request per model at a time unless OLLAMA_NUM_PARALLEL says more.
+    "ollama": EndpointConfig(base_url="http://localhost:11434/v1", max_concurrency=1),
+    "vllm": EndpointConfig(base_url="http://localhost:8000/v1"),
+    # llama.cpp's llama-server; newer builds may listen on 9931 instead of 8080.
+    "llamacpp": EndpointConfig(base_url="http://localhost:8080/v1", max_concurrency=1),
+    "lmstudio": EndpointConfig(base_url="http://localhost:1234/v1", max_concurrency=1),
+}
 
 
 class ConfigFile(BaseModel):
@@ -109,7 +134,7 @@ def read_config_file(path: Path) -> ConfigFile:
 class Config:
     """Endpoints from every delib.toml found, merged."""
 
-    endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    endpoints: dict[str, EndpointConfig] = field(default_factory=lambda: dict(PRESETS))
     default_endpoint: str | None = None
     sources: list[Path] = field(default_factory=list)
 
@@ -122,7 +147,7 @@ class Config:
                 config.endpoints.update(parsed.endpoints)
                 config.default_endpoint = parsed.default_endpoint or config.default_endpoint
                 config.sources.append(path)
-        if config.default_endpoint and config.default_endpoint not in config.endpoints:
+        if config.default_endpoint and config.default_endpoint not in config.names():
             raise FileFormatError(
                 str(config.sources[-1]),
                 f"names endpoint '{config.default_endpoint}', which no [endpoints.*] defines",
@@ -130,13 +155,19 @@ class Config:
             )
         return config
 
-    def endpoint(self, name: str, wanted_by: str) -> EndpointConfig:
-        if name not in self.endpoints:
-            where = ", ".join(str(p) for p in self.sources) or f"no {CONFIG_FILE} found"
-            raise UnknownIdError(
-                "endpoint", name, sorted(self.endpoints), hint=f"wanted by {wanted_by}; {where}"
-            )
-        return self.endpoints[name]
+    def names(self) -> list[str]:
+        """Every endpoint name that resolves, the embedded model included."""
+        return sorted({*self.endpoints, EMBEDDED_ENDPOINT})
+
+    def endpoint(self, name: str, wanted_by: str) -> EndpointConfig | None:
+        """The named endpoint's settings; None for the embedded model (unless a file
+        defines an endpoint of that name)."""
+        if name in self.endpoints:
+            return self.endpoints[name]
+        if name == EMBEDDED_ENDPOINT:
+            return None
+        where = ", ".join(str(p) for p in self.sources) or f"no {CONFIG_FILE} found"
+        raise UnknownIdError("endpoint", name, self.names(), hint=f"wanted by {wanted_by}; {where}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +203,7 @@ class Overrides:
     persona_models: dict[str, str] = field(default_factory=dict)
     temperature: float | None = None
     max_tokens: int | None = None
+    gguf: Path | None = None  # serve this GGUF file locally for every persona
 
 
 @dataclass(frozen=True)
@@ -217,17 +249,21 @@ class Resolver:
         self.config = config
         self.overrides = overrides
         self._cache: dict[str, Endpoint] = {}
+        # Set once the embedded server runs (see Run.prepare); until then it cannot be used.
+        self.embedded: Endpoint | None = None
 
-    def _named(self, name: str, wanted_by: str) -> Endpoint:
+    def named(self, name: str, wanted_by: str) -> Endpoint | None:
         if name not in self._cache:
             cfg = self.config.endpoint(name, wanted_by)
+            if cfg is None:
+                return None
             if self.overrides.system_message:
                 cfg = cfg.model_copy(update={"system_message": self.overrides.system_message})
             key, env = _api_key(name, cfg.api_key_env, None)
             self._cache[name] = Endpoint(name, cfg, key, env)
         return self._cache[name]
 
-    def _ad_hoc(self, name: str, base_url: str) -> Endpoint:
+    def ad_hoc(self, name: str, base_url: str) -> Endpoint:
         # Keys for ad-hoc URLs follow the openai client's convention: OPENAI_API_KEY.
         if name not in self._cache:
             key, env = _api_key(name, self.overrides.api_key_env, "OPENAI_API_KEY")
@@ -236,24 +272,37 @@ class Resolver:
             self._cache[name] = Endpoint(name, config, key, env)
         return self._cache[name]
 
+    def needs_embedded(self, personas: list[Persona], scenario: Scenario) -> bool:
+        """Whether any of these personas would speak through the embedded model."""
+        return any(self.configured_endpoint(p, scenario) is None for p in personas)
+
     def endpoint_for(self, persona: Persona, scenario: Scenario) -> Endpoint:
+        endpoint = self.configured_endpoint(persona, scenario) or self.embedded
+        if endpoint is None:
+            raise InputError(
+                "no endpoint configured and the embedded model is not running: pass --base-url "
+                f"URL, --endpoint NAME from {CONFIG_FILE}, or set OPENAI_BASE_URL"
+            )
+        return endpoint
+
+    def configured_endpoint(self, persona: Persona, scenario: Scenario) -> Endpoint | None:
+        """The endpoint chosen by flags, files or environment; None means the embedded model."""
         o = self.overrides
         if o.base_url:
-            return self._ad_hoc(CLI_ENDPOINT, o.base_url)
+            return self.ad_hoc(CLI_ENDPOINT, o.base_url)
+        if o.gguf:
+            return None
         if o.endpoint:
-            return self._named(o.endpoint, "--endpoint")
+            return self.named(o.endpoint, "--endpoint")
         if persona.endpoint:
-            return self._named(persona.endpoint, f"persona '{persona.id}'")
+            return self.named(persona.endpoint, f"persona '{persona.id}'")
         if scenario.endpoint:
-            return self._named(scenario.endpoint, f"scenario '{scenario.id}'")
+            return self.named(scenario.endpoint, f"scenario '{scenario.id}'")
         if self.config.default_endpoint:
-            return self._named(self.config.default_endpoint, f"default_endpoint in {CONFIG_FILE}")
+            return self.named(self.config.default_endpoint, f"default_endpoint in {CONFIG_FILE}")
         if os.environ.get("OPENAI_BASE_URL"):
-            return self._ad_hoc(ENV_ENDPOINT, os.environ["OPENAI_BASE_URL"])
-        raise InputError(
-            "no endpoint configured: pass --base-url URL (e.g. http://localhost:11434/v1 for "
-            f"Ollama), --endpoint NAME from {CONFIG_FILE}, or set OPENAI_BASE_URL"
-        )
+            return self.ad_hoc(ENV_ENDPOINT, os.environ["OPENAI_BASE_URL"])
+        return None
 
     def settings_for(self, persona: Persona, scenario: Scenario) -> SpeakerSettings:
         o = self.overrides
@@ -276,6 +325,7 @@ class Resolver:
                 o.max_tokens,
                 persona.max_tokens,
                 scenario.limits.max_tokens,
+                endpoint.config.max_tokens,
                 DEFAULT_MAX_TOKENS,
             )
             if v is not None

@@ -61,6 +61,7 @@ class Prompt:
 
     system: str
     messages: list[dict[str, str]]
+    omitted: int = 0  # transcript turns left out to fit the context
 
     def render(self, fold_system: bool) -> list[dict[str, str]]:
         """The messages to send, with the system text native or folded into the first turn."""
@@ -132,11 +133,11 @@ def is_template_error(exc: BaseException) -> bool:
     return any(marker in text for marker in TEMPLATE_ERROR_MARKERS)
 
 
-def _is_stream_options_error(exc: BaseException) -> bool:
+def is_stream_options_error(exc: BaseException) -> bool:
     return _status(exc) in (400, 422) and "stream_options" in _message(exc).lower()
 
 
-def _is_model_error(exc: BaseException) -> bool:
+def is_model_error(exc: BaseException) -> bool:
     status = _status(exc)
     text = _message(exc).lower()
     if status == 404:
@@ -196,7 +197,7 @@ class EndpointClient:
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry and state.outcome is not None:
-                on_retry(state.attempt_number, _describe(state.outcome.exception()))
+                on_retry(state.attempt_number, describe_error(state.outcome.exception()))
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
@@ -226,7 +227,7 @@ class EndpointClient:
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
             return EndpointUnreachable(
-                f"cannot reach endpoint '{name}' at {url}{tries} ({_describe(cause)}); "
+                f"cannot reach endpoint '{name}' at {url}{tries} ({describe_error(cause)}); "
                 "is the server running, and is the URL right?"
             )
         status = _status(exc)
@@ -240,7 +241,7 @@ class EndpointClient:
                 f"endpoint '{name}' at {url} refused the request (HTTP {status}: "
                 f"{_message(exc)}); {key_hint}"
             )
-        if _is_model_error(exc):
+        if is_model_error(exc):
             return UnknownModel(await self._unknown_model_text(_message(exc)))
         if status == 404:
             return EndpointFailed(
@@ -325,7 +326,7 @@ class EndpointClient:
                     return await self._with_retries(call, on_retry)
                 except (EndpointFailed, UnknownModel) as err:
                     cause = err.__cause__
-                    if stream and self.stream_usage and _is_stream_options_error(cause):
+                    if stream and self.stream_usage and is_stream_options_error(cause):
                         self.stream_usage = False
                         self._adapt("stream_options off", _message(cause))
                         continue
@@ -395,7 +396,7 @@ class EndpointClient:
         return call
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe_error(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     status = _status(exc)

@@ -44,6 +44,10 @@ VERDICT_MIN_TOKENS = 800
 SELECT_MAX_TOKENS = 16
 # Default budget when neither the scenario nor a flag sets one.
 DEFAULT_TOKEN_BUDGET = 200_000
+# Tokens of a context kept free for the chat template's markup around the messages.
+CONTEXT_MARGIN = 64
+# However full the context, a reply gets at least this many tokens.
+MIN_REPLY_TOKENS = 16
 
 
 class StopReason(StrEnum):
@@ -136,6 +140,18 @@ class Debate:
         self.setup = setup
 
     # --- helpers ---------------------------------------------------------------------------
+    def _prompt(
+        self, speaker: Persona, turns: list[dict], instruction: str, reply_tokens: int
+    ) -> Prompt:
+        """The speaker's prompt, trimmed to its endpoint's context if that is known."""
+        setup = self.setup
+        context = setup.speakers[speaker.id].endpoint.config.context_tokens
+        limit = None
+        if context:
+            # Keep room for the reply plus a margin for the chat template's own tokens.
+            limit = max(context - reply_tokens - CONTEXT_MARGIN, 0)
+        return prompts.build(speaker, setup.scenario, setup.cast, turns, instruction, limit)
+
     async def _call(
         self,
         speaker: Persona,
@@ -166,11 +182,17 @@ class Debate:
             )
 
         assert settings.model is not None
+        max_tokens = max_tokens or settings.max_tokens
+        context = settings.endpoint.config.context_tokens
+        if context:
+            # A prompt that could not be trimmed enough leaves the reply less room.
+            room = context - prompt.chars() // prompts.FIT_CHARS_PER_TOKEN - CONTEXT_MARGIN
+            max_tokens = max(min(max_tokens, room), MIN_REPLY_TOKENS)
         return await client.complete(
             prompt,
             model=settings.model,
             temperature=settings.temperature if temperature is None else temperature,
-            max_tokens=max_tokens or settings.max_tokens,
+            max_tokens=max_tokens,
             seed=self.setup.seed,
             stream=streaming,
             on_token=on_token if streaming else None,
@@ -204,10 +226,11 @@ class Debate:
                 "turn_kind": kind,
             }
         )
-        prompt = prompts.build(speaker, setup.scenario, setup.cast, visible, instruction)
+        settings = setup.speakers[speaker.id]
+        reply_tokens = max_tokens or settings.max_tokens
+        prompt = self._prompt(speaker, visible, instruction, reply_tokens)
         started_at = now()
         reply = await self._call(speaker, prompt, index=index, max_tokens=max_tokens, stream=stream)
-        settings = setup.speakers[speaker.id]
         turn = {
             "type": "turn",
             "index": index,
@@ -226,6 +249,8 @@ class Debate:
         }
         if reply.timings:
             turn["timings"] = reply.timings
+        if prompt.omitted:
+            turn["omitted_turns"] = prompt.omitted
         writer({"kind": "turn", "turn": turn})
         return turn
 
@@ -334,8 +359,8 @@ class Debate:
         moderator = setup.moderator
         candidates = [setup.cast[pid] for pid in state["pending"]]
         turns = state.get("turns", [])
-        prompt = prompts.build(
-            moderator, setup.scenario, setup.cast, turns, prompts.selection_instruction(candidates)
+        prompt = self._prompt(
+            moderator, turns, prompts.selection_instruction(candidates), SELECT_MAX_TOKENS
         )
         reply = await self._call(
             moderator,
@@ -361,7 +386,13 @@ class Debate:
         return {"pending": [choice], "events": [event]}
 
     def _verdict_tokens(self) -> int:
-        return max(VERDICT_MIN_TOKENS, 2 * self.setup.speakers[self.setup.moderator.id].max_tokens)
+        setup = self.setup
+        if setup.scenario.limits.verdict_tokens:
+            return setup.scenario.limits.verdict_tokens
+        settings = setup.speakers[setup.moderator.id]
+        tokens = max(VERDICT_MIN_TOKENS, 2 * settings.max_tokens)
+        context = settings.endpoint.config.context_tokens
+        return min(tokens, context // 2) if context else tokens
 
     async def close(self, state: DebateState) -> dict:
         """The moderator's verdict: validated, retried once, else archived as plain text."""
@@ -393,11 +424,14 @@ class Debate:
         except ValueError as exc:
             first_error = str(exc)
         events.append(self._event("verdict_retry", turn=index, reason=first_error))
-        prompt = prompts.build(moderator, setup.scenario, setup.cast, turns, instruction)
+        # Room for the new reply and for what is added after the transcript: the first reply,
+        # shown back, and the request to try again.
+        retry = prompts.verdict_retry_instruction(first_error, instruction)
+        added = len(first["text"]) + len(retry)
+        reserve = self._verdict_tokens() + added // prompts.FIT_CHARS_PER_TOKEN + 1
+        prompt = self._prompt(moderator, turns, instruction, reserve)
         prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
-        prompt.messages.append(
-            {"role": "user", "content": prompts.verdict_retry_instruction(first_error, instruction)}
-        )
+        prompt.messages.append({"role": "user", "content": retry})
         started = time.perf_counter()
         reply = await self._call(
             moderator, prompt, index=index, max_tokens=self._verdict_tokens(), stream=False

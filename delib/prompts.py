@@ -21,6 +21,12 @@ TURN_MARKER = "It is your turn"
 SELECT_MARKER = "Who should speak next?"
 VERDICT_MARKER = "Write the closing verdict"
 
+# Characters per token assumed when fitting a prompt into a context: fewer than the usual four,
+# so that the estimate errs on the short side for tokenizers that split English finely.
+FIT_CHARS_PER_TOKEN = 3
+# Characters a message's label and separators add, per transcript turn.
+TURN_OVERHEAD_CHARS = 40
+
 RULES = """\
 You are taking part in a structured deliberation between several panelists, run by a
 moderator. Stay in character. Argue from your own positions, respond to what others actually
@@ -47,16 +53,52 @@ def _label(turn: dict, cast: dict[str, Persona]) -> str:
     return f"[{name}]"
 
 
+def fit(turns: list[dict], budget_chars: int) -> list[dict]:
+    """The latest turns whose text fits in ``budget_chars``; the newest is kept even if it must
+    be cut (from its start, so that its end, usually the question put to the next speaker,
+    survives)."""
+    kept: list[dict] = []
+    used = 0
+    for turn in reversed(turns):
+        size = len(turn["text"]) + TURN_OVERHEAD_CHARS
+        if used + size > budget_chars:
+            if not kept and budget_chars > TURN_OVERHEAD_CHARS:
+                room = budget_chars - TURN_OVERHEAD_CHARS
+                kept.append({**turn, "text": "…" + turn["text"][-room:]})
+            break
+        kept.append(turn)
+        used += size
+    return kept[::-1]
+
+
 def build(
     speaker: Persona,
     scenario: Scenario,
     cast: dict[str, Persona],
     turns: list[dict],
     instruction: str,
+    max_prompt_tokens: int | None = None,
 ) -> Prompt:
-    """The prompt for ``speaker``: persona and rules, the brief, the transcript, the instruction."""
+    """The prompt for ``speaker``: persona and rules, the brief, the transcript, the instruction.
+
+    With ``max_prompt_tokens`` the oldest turns are left out (and the prompt says how many)
+    until the estimate fits; the brief, the rules and the instruction always stay.
+    """
     system = f"{speaker.prompt.strip()}\n\n{RULES}\nYou are {speaker.name}."
-    messages: list[dict[str, str]] = [{"role": "user", "content": _brief(scenario, cast)}]
+    brief = _brief(scenario, cast)
+    omitted = 0
+    if max_prompt_tokens is not None:
+        # The note saying how many turns are left out takes under 100 characters.
+        fixed = len(system) + len(brief) + len(instruction) + 2 * TURN_OVERHEAD_CHARS + 100
+        kept = fit(turns, max_prompt_tokens * FIT_CHARS_PER_TOKEN - fixed)
+        omitted = len(turns) - len(kept)
+        turns = kept
+        if omitted:
+            brief += (
+                f"\n\n({omitted} earlier contribution{'s are' if omitted > 1 else ' is'} "
+                "left out here to fit the model's context.)"
+            )
+    messages: list[dict[str, str]] = [{"role": "user", "content": brief}]
     for turn in turns:
         if turn["speaker"] == speaker.id:
             role, content = "assistant", turn["text"]
@@ -70,7 +112,7 @@ def build(
         messages[-1]["content"] += f"\n\n{instruction}"
     else:
         messages.append({"role": "user", "content": instruction})
-    return Prompt(system=system, messages=messages)
+    return Prompt(system=system, messages=messages, omitted=omitted)
 
 
 def opening_instruction(moderator: Persona, scenario: Scenario) -> str:

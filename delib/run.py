@@ -18,11 +18,13 @@ from delib.config import Config, Overrides, Resolver, SpeakerSettings
 from delib.endpoints import Clients
 from delib.errors import DelibError, InputError, UnknownIdError
 from delib.graph import DEFAULT_TOKEN_BUDGET, Debate, DebateSetup, StopReason, now
+from delib.local import DEFAULT_CTX, LocalServer, model_for
 from delib.personas import Persona, persona_library
 from delib.render import markdown
 from delib.scenarios import Protocol, cast_for, scenario_library
 
 Listener = Callable[[dict], None]
+Status = Callable[[str], None]
 
 
 @dataclass
@@ -39,6 +41,8 @@ class RunRequest:
     archive: Path | None = None
     personas_dir: Path | None = None
     scenarios_dir: Path | None = None
+    ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
+    chat_format: str | None = None  # chat format for the embedded server (default: detected)
 
 
 @dataclass
@@ -108,9 +112,11 @@ class Run:
         self.folder: RunFolder | None = None
         self.records: list[dict] = []
         self.manifest: dict[str, Any] = {}
+        self.local: LocalServer | None = None
 
-    async def prepare(self) -> DebateSetup:
-        """Load and check everything; fails before any run folder is created."""
+    async def prepare(self, status: Status | None = None) -> DebateSetup:
+        """Load and check everything, starting the embedded model if no endpoint is set;
+        fails before any run folder is created."""
         req = self.request
         personas = persona_library(req.personas_dir)
         scenarios = scenario_library(req.scenarios_dir)
@@ -124,6 +130,15 @@ class Run:
             )
         cast: dict[str, Persona] = {pid: personas.get(pid).item for pid in cast_ids}
         resolver = Resolver(Config.load(), req.overrides)
+        if resolver.needs_embedded(list(cast.values()), scenario):
+            model = model_for(req.overrides.gguf, req.chat_format)
+            if status:
+                status(f"starting the local model server for {model.alias}…")
+            self.local = LocalServer(model, ctx=req.ctx)
+            await self.local.start()
+            resolver.embedded = self.local.endpoint()
+            if status:
+                status("checking endpoints and models…")
         speakers: dict[str, SpeakerSettings] = {}
         for pid, persona in cast.items():
             settings = resolver.settings_for(persona, scenario)
@@ -186,11 +201,25 @@ class Run:
             "generation": {"seed": setup.seed, "stream": setup.stream},
             "personas": entries,
             "endpoints": list(endpoints.values()),
+            "local_model": self._local_description(),
             "versions": _versions(),
             "started_at": None,
             "ended_at": None,
             "stop_reason": None,
             "error": None,
+        }
+
+    def _local_description(self) -> dict | None:
+        if self.local is None:
+            return None
+        model = self.local.model
+        return {
+            "alias": model.alias,
+            "path": str(model.path),
+            "bundled": model.bundled,
+            "chat_format": model.chat_format or "from the file",
+            "context_tokens": self.local.ctx,
+            "threads": self.local.threads,
         }
 
     async def execute(self, listener: Listener | None = None) -> RunResult:
@@ -222,6 +251,9 @@ class Run:
             stop = StopReason(final.get("stop_reason") or StopReason.completed)
         except DelibError as exc:
             error = str(exc)
+            died = self.local.death_note() if self.local else None
+            if died:
+                error = f"{error}; {died}"
         except GraphRecursionError:
             error = "internal: the debate graph ran past its step limit"
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -265,7 +297,12 @@ class Run:
         )
 
     async def close(self) -> None:
-        await self.clients.close()
+        """Close connections and stop the embedded server, if one was started."""
+        try:
+            await self.clients.close()
+        finally:
+            if self.local:
+                self.local.cleanup()
 
 
 async def run_debate(request: RunRequest, listener: Listener | None = None) -> RunResult:

@@ -40,6 +40,13 @@ class Limits(BaseModel):
     max_tokens: int | None = Field(
         default=None, ge=1, le=32768, description="Reply length cap per turn"
     )
+    verdict_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        le=32768,
+        description="Reply length cap for the closing verdict (default: 800, or twice the "
+        "moderator's turn cap if that is more)",
+    )
 
 
 class Scenario(BaseModel):

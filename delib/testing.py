@@ -94,6 +94,7 @@ class FakeOpenAIServer:
     chunk_delay: float = 0.0  # seconds between streamed chunks
     chunk_chars: int = 12  # characters per streamed chunk
     reject_system: bool = False  # 400 like templates without a system role
+    drop_system: bool = False  # ignore system messages without a word (llama-cpp-python gemma)
     strict_alternation: bool = False  # 400 unless user/assistant strictly alternate
     reject_stream_options: bool = False  # 400 if stream_options is sent
     require_api_key: str | None = None  # 401 unless this bearer token is sent
@@ -256,7 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if fake.delay:
             time.sleep(fake.delay)
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in body["messages"]) // 4 + 1
+        seen = [m for m in body["messages"] if not (fake.drop_system and m.get("role") == "system")]
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in seen) // 4 + 1
         max_tokens = body.get("max_tokens")
         words = reply.split(" ")
         if max_tokens is not None and len(words) > max_tokens:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +59,16 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture):
     return lambda *args: run_cli(list(args), capsys)
+
+
+def delib_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """Start delib as a real child process, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "delib", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )

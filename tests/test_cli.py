@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import delib_process
 
 from delib.testing import FakeOpenAIServer, Fault
 
@@ -211,9 +210,12 @@ def test_bad_field(cli, isolated: Path):
     assert_one_line_error(code, err, "s.yaml", "field 'rounds'", "integer")
 
 
-def test_no_endpoint_configured(cli):
+def test_no_endpoint_and_no_local_extra(cli, monkeypatch: pytest.MonkeyPatch, isolated: Path):
+    # A None entry in sys.modules is how Python marks a module as absent.
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
     code, _, err = cli("run", "alignment-difficulty")
-    assert_one_line_error(code, err, "no endpoint configured", "--base-url", "OPENAI_BASE_URL")
+    assert_one_line_error(code, err, "not installed", "pip install 'delib[local]'", "--base-url")
+    assert not (isolated / "transcripts").exists()
 
 
 def test_unreachable_endpoint(cli, isolated: Path):
@@ -289,18 +291,6 @@ def test_server_failing_mid_run_keeps_turns(cli, isolated: Path):
     assert summary["stop_reason"] == "error" and summary["turns"] == 2
     turns = (Path(summary["folder"]) / "turns.jsonl").read_text().splitlines()
     assert [json.loads(t)["text"] for t in turns] == ["Welcome, panel.", "First point."]
-
-
-def delib_process(*args: str) -> subprocess.Popen:
-    """Start delib as a real child process, importing this checkout."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "delib", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def test_real_process_exit_code_and_no_traceback(server: FakeOpenAIServer, isolated: Path):
