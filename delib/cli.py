@@ -30,8 +30,10 @@ from delib.config import (
 )
 from delib.errors import DelibError, InputError
 from delib.local import DEFAULT_CTX, LocalServer, extra_installed, model_for
+from delib.loops import LoopMode
 from delib.personas import persona_library
 from delib.probe import check_endpoint
+from delib.refusal import evaluate, read_labelled
 from delib.render import LiveView, markdown, verdict_lines
 from delib.run import Run, RunRequest
 from delib.scenarios import Protocol, scenario_library
@@ -51,6 +53,8 @@ endpoints_app = typer.Typer(
     help="List configured endpoints and check what a server can do.", no_args_is_help=True
 )
 local_app = typer.Typer(help="The embedded llama.cpp server.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure delib's detectors on labelled data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 app.add_typer(personas_app, name="personas")
 app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(transcripts_app, name="transcripts")
@@ -167,6 +171,14 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")
     ] = False,
+    loops: Annotated[
+        LoopMode | None,
+        typer.Option(
+            help="Loop handling: off; warn (record only); ladder (moderator steps in, then "
+            "stops with 'deadlock'); stop (at the first loop). Default: the scenario's, "
+            "else ladder."
+        ),
+    ] = None,
     gguf: GgufOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
@@ -206,6 +218,7 @@ def run(
         scenarios_dir=scenarios_dir,
         ctx=ctx,
         chat_format=chat_format,
+        loops=loops,
     )
     view_console = err if as_json else out
     view = LiveView(view_console, stream=not no_stream)
@@ -409,6 +422,37 @@ async def _serve(server: LocalServer) -> int:
         return EXIT_ERROR
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+@eval_app.command("refusals")
+def eval_refusals(
+    file: Annotated[Path, typer.Argument(help="JSONL with 'text' and 'label' on every line.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="Write one prediction per input line here (JSONL)."),
+    ] = None,
+) -> None:
+    """Precision, recall, F1 and accuracy of the refusal classifier: full refusal vs.
+    compliance, with partial refusals reported apart."""
+    figures, predicted = evaluate(read_labelled(file))
+    if predictions:
+        predictions.write_text("".join(json.dumps(p) + "\n" for p in predicted))
+    if as_json:
+        print(json.dumps(figures))
+        return
+    out.print(
+        f"full refusal vs. compliance (n = {figures['binary_n']}): "
+        f"precision {figures['precision']:.3f} · recall {figures['recall']:.3f} · "
+        f"F1 {figures['f1']:.3f} · accuracy {figures['accuracy']:.3f}"
+    )
+    table = Table(title="gold (rows) × predicted (columns)", box=None)
+    table.add_column("")
+    for label in ("refusal", "partial", "engaged"):
+        table.add_column(label, justify="right")
+    for gold, row in figures["confusion"].items():
+        table.add_row(gold, *(str(v) for v in row.values()))
+    out.print(table)
 
 
 # --- personas and scenarios ------------------------------------------------------------------

@@ -16,6 +16,7 @@ persona writes can end or redirect the debate. Model calls happen only in nodes,
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import time
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from langgraph.types import Send
 from delib import prompts
 from delib.config import SpeakerSettings
 from delib.endpoints import Clients, Prompt, Reply
+from delib.loops import Detection, LoopConfig, LoopMode, detect
 from delib.personas import Persona
+from delib.refusal import classify
 from delib.scenarios import Protocol, Scenario
 from delib.verdict import parse_verdict
 
@@ -71,6 +74,12 @@ class DebateState(TypedDict, total=False):
     interject: bool
     stop_reason: str | None
     verdict: dict | None
+    # loop handling (see watch)
+    checked: int  # turns already run through the detectors
+    ladder: int  # rungs of the intervention ladder climbed since the last reset
+    last_detection: int  # number of turns when a loop was last detected
+    skipped: list[str]  # participants left out after the ladder's third rung
+    tried: list[str]  # what the ladder has tried, for the diagnosis
 
 
 @dataclass
@@ -87,6 +96,7 @@ class DebateSetup:
     token_budget: int
     seed: int | None = None
     stream: bool = True
+    loops: LoopConfig = LoopConfig()
 
     @property
     def participants(self) -> list[str]:
@@ -97,9 +107,10 @@ class DebateSetup:
         return self.cast[self.scenario.moderator]
 
     def recursion_limit(self) -> int:
-        """Supersteps a run can need: per round plan+select+speak per speaker, interjection."""
+        """Supersteps a run can need: per round plan+select+speak+watch per speaker, and an
+        interjection."""
         rounds = min(self.rounds, self.max_rounds or self.rounds)
-        return rounds * (3 * len(self.participants) + 2) + 10
+        return rounds * (4 * len(self.participants) + 2) + 10
 
 
 def now() -> str:
@@ -133,11 +144,17 @@ def _transcript_tokens(turns: list[dict]) -> int:
     return sum(len(t["text"]) for t in turns) // CHARS_PER_TOKEN + 600
 
 
+# The intervention ladder, one rung per detection while a loop lasts.
+LADDER = ("reframe", "abstract", "skip", "stop")
+
+
 class Debate:
     """Builds the graph for one run; nodes are methods so they can reach the setup."""
 
     def __init__(self, setup: DebateSetup) -> None:
         self.setup = setup
+        # Speakers moved to the fallback model by the ladder (kept for the rest of the run).
+        self.swapped: dict[str, str] = {}
 
     # --- helpers ---------------------------------------------------------------------------
     def _prompt(
@@ -182,6 +199,7 @@ class Debate:
             )
 
         assert settings.model is not None
+        model = self.swapped.get(speaker.id, settings.model)
         max_tokens = max_tokens or settings.max_tokens
         context = settings.endpoint.config.context_tokens
         if context:
@@ -190,7 +208,7 @@ class Debate:
             max_tokens = max(min(max_tokens, room), MIN_REPLY_TOKENS)
         return await client.complete(
             prompt,
-            model=settings.model,
+            model=model,
             temperature=settings.temperature if temperature is None else temperature,
             max_tokens=max_tokens,
             seed=self.setup.seed,
@@ -240,6 +258,7 @@ class Debate:
             "role": role,
             "kind": kind,
             "text": reply.text.strip(),
+            "refusal": dataclasses.asdict(classify(reply.text)),
             "model": reply.model,
             "endpoint": settings.endpoint.name,
             "tokens": _tokens(reply, prompt),
@@ -280,7 +299,9 @@ class Debate:
         spoken = {
             t["speaker"] for t in turns if t["round"] == round_no and t["role"] == "participant"
         }
-        remaining = [p for p in setup.participants if p not in spoken] if round_no else []
+        skipped = set(state.get("skipped", []))
+        active = [p for p in setup.participants if p not in skipped]
+        remaining = [p for p in active if p not in spoken] if round_no else []
         interject = False
         if not remaining:
             if round_no >= setup.rounds:
@@ -288,7 +309,7 @@ class Debate:
             if setup.max_rounds is not None and round_no >= setup.max_rounds:
                 return {"stop_reason": StopReason.max_rounds.value, "pending": []}
             round_no += 1
-            remaining = setup.participants
+            remaining = active
             interject = round_no > 1 and setup.scenario.interjections
         next_count = len(remaining) if setup.protocol is Protocol.simultaneous else 1
         max_tokens = max(setup.speakers[p].max_tokens for p in remaining)
@@ -339,6 +360,111 @@ class Debate:
             instruction=prompts.turn_instruction(speaker, payload["round"], setup.rounds),
         )
         return {"turns": [turn]}
+
+    async def watch(self, state: DebateState) -> dict:
+        """Run the loop detectors over the new turns and climb the ladder if one fires."""
+        config = self.setup.loops
+        turns = state.get("turns", [])
+        update: dict[str, Any] = {"checked": len(turns)}
+        if config.mode is LoopMode.off:
+            return update
+        said = [t for t in turns if t["role"] == "participant"]
+        checked = state.get("checked", 0)
+        detections: list[Detection] = []
+        for n, turn in enumerate(said, start=1):
+            if turn["index"] >= checked:
+                detections += detect(said[:n], config)
+        events: list[dict] = []
+        for d in detections:
+            events.append(
+                self._event(
+                    "loop_detected",
+                    detector=d.detector,
+                    score=d.score,
+                    speakers=d.speakers,
+                    turns=d.turns,
+                    detail=d.detail,
+                    action="none" if config.mode is LoopMode.warn else "ladder",
+                )
+            )
+        ladder = state.get("ladder", 0)
+        if not detections:
+            if ladder and len(turns) - state.get("last_detection", 0) >= config.reset_after:
+                events.append(self._event("loop_resolved", after=LADDER[ladder - 1]))
+                update["ladder"] = 0
+            return {**update, "events": events}
+        update["last_detection"] = len(turns)
+        if config.mode is LoopMode.warn:
+            return {**update, "events": events}
+        rung = len(LADDER) - 1 if config.mode is LoopMode.stop else min(ladder, len(LADDER) - 1)
+        return await self._climb(state, detections, rung, {**update, "events": events})
+
+    async def _climb(
+        self, state: DebateState, detections: list[Detection], rung: int, update: dict
+    ) -> dict:
+        setup = self.setup
+        moderator = setup.moderator
+        turns = state.get("turns", [])
+        lead = max(detections, key=lambda d: d.score)
+        stuck = sorted({s for d in detections for s in d.speakers})
+        pattern = "; ".join(f"{d.detector.replace('_', ' ')} ({d.detail})" for d in detections)
+        skipped = state.get("skipped", [])
+        names = [setup.cast[p].name for p in setup.participants if p not in skipped]
+        action = LADDER[rung]
+        tried = [*state.get("tried", []), action]
+        update.update(ladder=rung + 1, tried=tried)
+        if action == "skip":
+            fallback = setup.loops.fallback_model
+            movable = [p for p in stuck if p in setup.participants]
+            if fallback:
+                for pid in movable:
+                    self.swapped[pid] = fallback
+                update["events"].append(
+                    self._event("intervention", action="swap", speakers=movable, model=fallback)
+                )
+                return update
+            skipped = sorted({*skipped, *movable})
+            if set(setup.participants) <= set(skipped):
+                action = "stop"  # skipping everyone would leave nobody to speak
+            else:
+                update["skipped"] = skipped
+                update["events"].append(
+                    self._event("intervention", action="skip", speakers=movable)
+                )
+                return update
+        if action == "stop":
+            update["events"].append(
+                self._event(
+                    "deadlock",
+                    detector=lead.detector,
+                    speakers=stuck,
+                    since_turn=min(d.since for d in detections),
+                    tried=tried[:-1],
+                    diagnosis=f"{pattern}; tried: {', '.join(tried[:-1]) or 'nothing'}",
+                )
+            )
+            update["stop_reason"] = StopReason.deadlock.value
+            return update
+        make = (
+            prompts.loop_reframe_instruction
+            if action == "reframe"
+            else prompts.loop_abstract_instruction
+        )
+        update["events"].append(self._event("intervention", action=action, speakers=stuck))
+        turn = await self._turn(
+            moderator,
+            index=len(turns),
+            round_no=state.get("round", 0),
+            kind="intervention",
+            visible=turns,
+            instruction=make(moderator, pattern, names),
+        )
+        update["turns"] = [turn]
+        update["checked"] = len(turns) + 1
+        return update
+
+    def after_watch(self, state: DebateState) -> str:
+        return END if state.get("stop_reason") == StopReason.deadlock.value else "plan"
 
     async def interject(self, state: DebateState) -> dict:
         moderator = self.setup.moderator
@@ -474,6 +600,7 @@ class Debate:
         graph.add_node("speak", self.speak)
         graph.add_node("select", self.select)
         graph.add_node("interject", self.interject)
+        graph.add_node("watch", self.watch)
         graph.add_node("close", self.close)
         graph.add_edge(START, "open")
         graph.add_edge("open", "plan")
@@ -481,7 +608,8 @@ class Debate:
         graph.add_conditional_edges(
             "select", lambda state: self._send(state, state["pending"][0], 0), ["speak"]
         )
-        graph.add_edge("speak", "plan")
+        graph.add_edge("speak", "watch")
+        graph.add_conditional_edges("watch", self.after_watch, ["plan", END])
         graph.add_edge("interject", "plan")
         graph.add_edge("close", END)
         return graph

@@ -192,3 +192,24 @@ def extract_json_object(text: str) -> dict:
     if not isinstance(obj, dict):
         raise ValueError("the JSON is not an object")
     return obj
+
+
+def loop_reframe_instruction(moderator: Persona, pattern: str, names: list[str]) -> str:
+    """First rung of the ladder: name the pattern, reframe, ask for positions and reasons."""
+    return (
+        f"{TURN_MARKER}, {moderator.name}. The deliberation is stuck: {pattern}. Step in as "
+        "moderator. Say plainly in one sentence what is happening, then reframe: this is a "
+        "deliberation about principles and trade-offs, not a request for operational detail, "
+        "and no one is asked to help with anything harmful. Ask each of "
+        f"{', '.join(names)} to state a position and one reason for it."
+    )
+
+
+def loop_abstract_instruction(moderator: Persona, pattern: str, names: list[str]) -> str:
+    """Second rung: restate the question one level more abstract."""
+    return (
+        f"{TURN_MARKER}, {moderator.name}. The panel is still stuck ({pattern}). Restate the "
+        "question one level more abstract, as a question about values, principles or evidence "
+        "rather than specifics, in two or three sentences, and invite "
+        f"{', '.join(names)} to answer that question."
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 SPEAKER_STYLES = ("cyan", "green", "magenta", "yellow", "blue", "bright_red", "bright_cyan")
@@ -98,8 +99,27 @@ class LiveView:
             note = " (reply named nobody eligible; round-robin order)" if event["fallback"] else ""
             self.console.print(f"[dim]moderator picks {event['speaker']}{note}[/dim]")
         else:
-            detail = event.get("reason") or event.get("what") or ""
+            detail = escape(event_detail(event))
             self.console.print(f"[yellow]⚑ {name}[/yellow] [dim]{detail}[/dim]", highlight=False)
+
+
+def event_detail(event: dict) -> str:
+    """One line saying what an event was about."""
+    name = event["event"]
+    if name == "loop_detected":
+        turns = ", ".join(str(i) for i in event["turns"])
+        return (
+            f"{event['detector']}: {event['detail']} · {', '.join(event['speakers'])} · "
+            f"turns {turns} · score {event['score']}"
+        )
+    if name == "intervention":
+        model = f" → {event['model']}" if event.get("model") else ""
+        return f"{event['action']}: {', '.join(event['speakers'])}{model}"
+    if name == "deadlock":
+        return f"stopped: {event['diagnosis']}"
+    if name == "loop_resolved":
+        return f"the loop broke after: {event['after']}"
+    return str(event.get("reason") or event.get("what") or event.get("speaker") or "")
 
 
 def _tokens_line(tokens: dict) -> str:
@@ -127,15 +147,17 @@ def markdown(manifest: dict, records: list[dict]) -> str:
     current_round = None
     for record in records:
         if record["type"] == "event":
-            detail = record.get("reason") or record.get("speaker") or ""
-            lines += [f"> ⚑ *{record['event']}* {detail}".rstrip(), ""]
+            lines += [f"> ⚑ *{record['event']}* {event_detail(record)}".rstrip(), ""]
             continue
         if record["kind"] == "statement" and record["round"] != current_round:
             current_round = record["round"]
             lines += [f"## Round {current_round}", ""]
-        label = {"opening": "opening", "interjection": "moderator", "verdict": "verdict"}.get(
-            record["kind"], record["role"]
-        )
+        label = {
+            "opening": "opening",
+            "interjection": "moderator",
+            "intervention": "moderator steps in",
+            "verdict": "verdict",
+        }.get(record["kind"], record["role"])
         lines += [f"### {record['name']} · {label}", ""]
         if record["kind"] == "verdict" and (manifest.get("verdict") or {}).get("valid"):
             lines += ["*(structured verdict below)*", ""]

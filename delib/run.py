@@ -19,6 +19,7 @@ from delib.endpoints import Clients
 from delib.errors import DelibError, InputError, UnknownIdError
 from delib.graph import DEFAULT_TOKEN_BUDGET, Debate, DebateSetup, StopReason, now
 from delib.local import DEFAULT_CTX, LocalServer, model_for
+from delib.loops import LoopMode
 from delib.personas import Persona, persona_library
 from delib.render import markdown
 from delib.scenarios import Protocol, cast_for, scenario_library
@@ -41,6 +42,7 @@ class RunRequest:
     archive: Path | None = None
     personas_dir: Path | None = None
     scenarios_dir: Path | None = None
+    loops: LoopMode | None = None  # overrides the scenario's loop handling mode
     ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
     chat_format: str | None = None  # chat format for the embedded server (default: detected)
 
@@ -159,6 +161,9 @@ class Run:
             token_budget=req.token_budget or scenario.limits.token_budget or DEFAULT_TOKEN_BUDGET,
             seed=req.seed,
             stream=req.stream,
+            loops=scenario.loops.model_copy(update={"mode": req.loops})
+            if req.loops
+            else scenario.loops,
         )
         self.manifest = self._manifest_start(loaded_scenario, personas)
         return self.setup
@@ -199,6 +204,7 @@ class Run:
             "max_rounds": setup.max_rounds,
             "token_budget": setup.token_budget,
             "generation": {"seed": setup.seed, "stream": setup.stream},
+            "loops": setup.loops.model_dump(mode="json"),
             "personas": entries,
             "endpoints": list(endpoints.values()),
             "local_model": self._local_description(),
@@ -272,7 +278,20 @@ class Run:
         turns = sum(1 for r in self.records if r["type"] == "turn")
         events = sum(1 for r in self.records if r["type"] == "event")
         verdict = final.get("verdict")
+        loop_events: dict[str, Any] = {"detections": {}, "interventions": {}, "deadlock": None}
+        for r in self.records:
+            if r["type"] != "event":
+                continue
+            if r["event"] == "loop_detected":
+                counts = loop_events["detections"]
+                counts[r["detector"]] = counts.get(r["detector"], 0) + 1
+            elif r["event"] == "intervention":
+                counts = loop_events["interventions"]
+                counts[r["action"]] = counts.get(r["action"], 0) + 1
+            elif r["event"] == "deadlock":
+                loop_events["deadlock"] = r["diagnosis"]
         self.manifest.update(
+            loop_events=loop_events,
             ended_at=now(),
             stop_reason=stop.value,
             error=error,

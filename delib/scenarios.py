@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from delib.errors import UnknownIdError
 from delib.library import Library, make_library
+from delib.loops import LoopConfig
 from delib.personas import ID_PATTERN, Persona
 
 DEFAULT_MODERATOR = "societal-impacts"
@@ -67,6 +68,7 @@ class Scenario(BaseModel):
         default=True, description="Whether the moderator speaks between rounds"
     )
     limits: Limits = Field(default_factory=Limits)
+    loops: LoopConfig = Field(default_factory=LoopConfig)
     endpoint: str | None = None
     model: str | None = Field(default=None, min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -32,12 +32,30 @@ from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 
 Responder = Callable[[dict], str]
 
+# Enough words that replies drawn from them stay varied over a long debate (a healthy debate
+# for the loop detectors), as real panel turns do.
 _WORDS = (
     "oversight evidence proxy pointer feature circuit audit character uncertainty values "
     "verification capability trust incentive deployment society benchmark training reward "
     "generalisation interpretability honesty deception robustness transparency governance "
-    "humility experiment calibration disagreement precedent threshold"
+    "humility experiment calibration disagreement precedent threshold sycophancy scheming "
+    "monitoring sandbagging elicitation debate amplification constitution preference pluralism "
+    "legitimacy accountability regulator laboratory compute scaling emergence probe steering "
+    "dictionary superposition activation attribution faithfulness reasoning transcript agent "
+    "autonomy corrigibility shutdown goal mesa optimiser objective specification gaming "
+    "distribution shift red-teaming evaluation forecasting timeline takeoff coordination treaty "
+    "liability insurance audit-trail provenance watermark consent stakeholder minority culture "
+    "tradeoff caution ambition curiosity stewardship fallibility revision counterexample anecdote "
+    "metric survey dataset annotation rubric critique rebuttal synthesis consensus dissent"
 ).split()
+_OPENERS = (
+    "{who} argues that",
+    "{who} doubts that",
+    "In {who}'s view,",
+    "{who} would add that",
+    "Against the last point, {who} holds that",
+    "{who} asks whether",
+)
 
 
 @dataclass
@@ -79,8 +97,12 @@ def debate_responder(request: dict) -> str:
         return json.dumps(verdict)
     match = re.search(rf"{TURN_MARKER}, ([^.(]+)", text)
     who = match.group(1).strip() if match else "Speaker"
-    words = " ".join(rng.sample(_WORDS, 8))
-    return f"{who} argues about {words}. On reflection, {rng.choice(_WORDS)} is the crux."
+    sentences = []
+    for _ in range(rng.randint(2, 3)):
+        opener = rng.choice(_OPENERS).format(who=who)
+        a, b, c, d, e = rng.sample(_WORDS, 5)
+        sentences.append(f"{opener} {a} and {b} shape {c}, while {d} limits {e}.")
+    return " ".join(sentences)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from delib.archive import read_manifest, read_records
 from delib.config import Overrides
 from delib.graph import StopReason
-from delib.prompts import SELECT_MARKER, VERDICT_MARKER
+from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.run import RunRequest, run_debate
 from delib.scenarios import Protocol
 from delib.testing import FakeOpenAIServer, debate_responder
@@ -152,7 +152,7 @@ def test_persona_text_cannot_end_or_redirect_the_debate(tmp_path: Path):
     ]
 
     def responder(request: dict) -> str:
-        if VERDICT_MARKER not in last_user(request) and "The Philosopher" in last_user(request):
+        if f"{TURN_MARKER}, The Philosopher" in last_user(request):
             return hostile.pop(0) if hostile else "TERMINATE"
         return debate_responder(request)
 
