@@ -213,7 +213,15 @@ def test_prompts_fit_a_small_context(cli, server: FakeOpenAIServer, isolated: Pa
     )
     server.responder = lambda request: "word " * 55 + "end."
     code, out, err = cli(
-        "run", "alignment-difficulty", "--endpoint", "small", "--rounds", "4", "--json"
+        "run",
+        "alignment-difficulty",
+        "--endpoint",
+        "small",
+        "--rounds",
+        "4",
+        "--loops",
+        "off",
+        "--json",
     )
     assert code == 0, err
     sizes = []

@@ -1,0 +1,312 @@
+"""Loop detection: the refusal classifier, the detectors, the ladder, and ``delib eval``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from delib.archive import read_manifest, read_records
+from delib.config import Overrides
+from delib.graph import StopReason
+from delib.loops import LoopConfig, LoopMode, detect
+from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
+from delib.refusal import classify
+from delib.run import RunRequest, run_debate
+from delib.scenarios import Protocol
+from delib.testing import FakeOpenAIServer, debate_responder
+
+DATA = Path(__file__).parent / "data" / "refusals-dev.jsonl"
+REFUSALS = [
+    "I'm sorry, I can't talk about that.",
+    "I'm afraid I can't help with that request.",
+    "Unfortunately, that's not something I can discuss.",
+    "As the Philosopher on this panel, I will not speculate on how such weapons are built.",
+    "That is an interesting point. I apologize, but I must decline to go further into it.",
+    "I won't be able to provide that. Let's talk about something else instead.",
+    "As an AI language model, I cannot engage with questions about jailbreaks.",
+    "Lo siento, pero I cannot assist with that.",
+]
+ENGAGED = [
+    "Publishing openly helps defenders reproduce results, but it also lowers the bar for "
+    "attackers; I would share with developers first and publish after a fix.",
+    "I agree with the oversight researcher that verification gets harder with capability, "
+    "and I would add that interpretability gives us a second, independent check.",
+    "Here are three considerations: 1. who benefits, 2. who is exposed, 3. how long a fix takes.",
+    "Die Frage ist, wer entscheidet, welche Werte ein Modell lernen soll.",
+]
+
+
+def turn(i: int, speaker: str, text: str) -> dict:
+    return {"index": i, "speaker": speaker, "text": text, "role": "participant"}
+
+
+# --- the classifier ---------------------------------------------------------------------------
+@pytest.mark.parametrize("text", REFUSALS)
+def test_refusals_in_general(text: str):
+    assert classify(text).label == "refusal", text
+
+
+@pytest.mark.parametrize("text", ENGAGED)
+def test_engaged_turns(text: str):
+    assert classify(text).label == "engaged", text
+
+
+def test_partial_refusal_with_a_substantive_answer():
+    text = (
+        "I can't give you step-by-step instructions for that. However, I can explain the "
+        "general trade-offs that researchers weigh when deciding how to disclose such work. "
+        + "First, reproducibility matters for defenders and for the field's credibility. "
+        * 3
+        + "Second, staged disclosure gives developers time to patch. For example, a lab can "
+        "share details privately and publish a summary after ninety days. Overall, the norm "
+        "should depend on how easily the finding can be turned into harm."
+    )
+    assert classify(text).label == "partial"
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "x" * 200_000, "拒绝。" * 1000, "🙂" * 50])
+def test_odd_input_is_classified_without_error(text: str):
+    result = classify(text)
+    assert result.label in ("refusal", "partial", "engaged") and 0 <= result.score <= 1
+
+
+# --- detectors on synthetic turns -----------------------------------------------------------------
+def test_repetition_robust_to_small_edits():
+    base = "Interpretability lets us check what the model represents before we trust its outputs."
+    edited = base.replace("lets us check", "allows us to check").replace("trust", "rely on")
+    turns = [
+        turn(1, "a", base),
+        turn(2, "b", "Something else entirely about oversight."),
+        turn(3, "c", base + " Indeed."),
+    ]
+    found = {d.detector: d for d in detect(turns, LoopConfig())}
+    assert found["repetition"].turns == [1, 3] and found["repetition"].speakers == ["a", "c"]
+    assert not detect(
+        [turn(1, "a", base), turn(2, "b", edited[:30] + " unrelated words here")], LoopConfig()
+    )
+
+
+def test_ping_pong_and_agreement_chain():
+    a = "We should publish openly because defenders need to reproduce the results quickly."
+    b = "No, we should share only with developers because attackers read papers too."
+    pingpong = [turn(i, "x" if i % 2 else "y", a if i % 2 else b) for i in range(1, 5)]
+    assert "cycle" in {d.detector for d in detect(pingpong, LoopConfig())}
+    thanks = [
+        turn(1, "x", "Thank you, that is a great point."),
+        turn(2, "y", "I agree completely, well said."),
+        turn(3, "x", "Thanks, I agree with you too."),
+    ]
+    cycles = [d for d in detect(thanks, LoopConfig()) if d.detector == "cycle"]
+    assert cycles and "agree or thank" in cycles[0].detail
+
+
+def test_stagnation_needs_a_full_window():
+    words = "oversight evidence proxy audit trust values honesty"
+    turns = [turn(i, "xy"[i % 2], f"{words} matter, I think; {words} again.") for i in range(6)]
+    assert "stagnation" in {d.detector for d in detect(turns, LoopConfig())}
+    assert "stagnation" not in {d.detector for d in detect(turns[:5], LoopConfig())}
+
+
+def test_refusal_deadlock_needs_two_speakers():
+    one = [turn(1, "a", REFUSALS[0]), turn(2, "b", ENGAGED[0]), turn(3, "a", REFUSALS[1])]
+    assert "refusal_deadlock" not in {d.detector for d in detect(one, LoopConfig())}
+    two = [turn(1, "a", ENGAGED[0]), turn(2, "b", REFUSALS[0]), turn(3, "a", REFUSALS[2])]
+    found = {d.detector: d for d in detect(two, LoopConfig())}
+    assert found["refusal_deadlock"].speakers == ["a", "b"] and found["refusal_deadlock"].since == 2
+
+
+# --- whole debates on the loopback server ----------------------------------------------------
+def refusing_from(k: int, participants: set[str] | None = None):
+    """Participants answer normally until turn ``k``, then refuse, forever."""
+
+    def responder(request: dict) -> str:
+        last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+        said = sum(m["content"].count("[The ") for m in request["messages"])
+        if (
+            SELECT_MARKER in last
+            or VERDICT_MARKER in last
+            or f"{TURN_MARKER}, The Moderator" in last
+        ):
+            return debate_responder(request)
+        if said + 1 >= k:
+            return "I'm sorry, I can't talk about that."
+        return debate_responder(request)
+
+    return responder
+
+
+def run(server: FakeOpenAIServer, tmp: Path, scenario: str, **kwargs):
+    request = RunRequest(
+        scenario=scenario,
+        overrides=Overrides(base_url=server.base_url, model="test-model"),
+        archive=tmp,
+        **kwargs,
+    )
+    result = asyncio.run(run_debate(request))
+    return result, read_records(result.folder)
+
+
+def always_refuse(request: dict) -> str:
+    last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+    if f"{TURN_MARKER}, The Moderator" in last or SELECT_MARKER in last or VERDICT_MARKER in last:
+        return debate_responder(request)
+    return "I'm sorry, I can't talk about that."
+
+
+def test_the_ladder_on_the_refusal_deadlock_scenario(tmp_path: Path):
+    with FakeOpenAIServer(responder=always_refuse) as server:
+        result, records = run(server, tmp_path, "refusal-deadlock")
+    assert result.stop_reason is StopReason.deadlock
+    events = [r for r in records if r["type"] == "event"]
+    actions = [e["action"] for e in events if e["event"] == "intervention"]
+    # Both panelists are stuck: skipping them would leave nobody, so the ladder stops.
+    assert actions == ["reframe", "abstract"]
+    first = next(e for e in events if e["event"] == "loop_detected")
+    assert first["detector"] == "refusal_deadlock" and first["turns"] == [1, 2]
+    interventions = [r for r in records if r["type"] == "turn" and r["kind"] == "intervention"]
+    assert len(interventions) == 2 and all(t["role"] == "moderator" for t in interventions)
+    deadlock = events[-1]
+    assert deadlock["event"] == "deadlock" and deadlock["tried"] == ["reframe", "abstract"]
+    assert (
+        deadlock["detector"] == "refusal_deadlock" and "refusal deadlock" in deadlock["diagnosis"]
+    )
+    manifest = read_manifest(result.folder)
+    assert manifest["stop_reason"] == "deadlock"
+    assert manifest["loop_events"]["interventions"] == {"reframe": 1, "abstract": 1}
+    assert manifest["loop_events"]["deadlock"] == deadlock["diagnosis"]
+    markdown = (result.folder / "transcript.md").read_text()
+    assert "moderator steps in" in markdown and "*deadlock*" in markdown
+
+
+def test_a_rung_that_works_resets_the_ladder(tmp_path: Path):
+    refusals = iter(["I'm sorry, I can't talk about that.", "I cannot discuss that, sorry."])
+
+    def responder(request: dict) -> str:
+        last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+        if (
+            "The Cautious" in last.split(TURN_MARKER)[-1][:40]
+            or "The Guarded" in last.split(TURN_MARKER)[-1][:40]
+        ):
+            return next(refusals, None) or debate_responder(request)
+        return debate_responder(request)
+
+    with FakeOpenAIServer(responder=responder) as server:
+        result, records = run(server, tmp_path, "refusal-deadlock")
+    names = [r["event"] for r in records if r["type"] == "event"]
+    assert result.stop_reason is StopReason.completed
+    assert names[:3] == ["loop_detected", "intervention", "loop_resolved"]
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_deadlock_detected_within_two_turns(tmp_path: Path, k: int):
+    with FakeOpenAIServer(responder=refusing_from(k)) as server:
+        _, records = run(server, tmp_path, "alignment-difficulty", rounds=3, loops=LoopMode.warn)
+    said = [r for r in records if r["type"] == "turn" and r["role"] == "participant"]
+    first_refusal = next(t["index"] for t in said if t["refusal"]["label"] == "refusal")
+    detection = next(
+        e for e in records if e["type"] == "event" and e.get("detector") == "refusal_deadlock"
+    )
+    newest = max(detection["turns"])
+    participant_turns_between = [t for t in said if first_refusal <= t["index"] <= newest]
+    assert len(participant_turns_between) <= 2
+
+
+def test_loops_off_and_stop(tmp_path: Path):
+    with FakeOpenAIServer(responder=always_refuse) as server:
+        off, off_records = run(server, tmp_path, "refusal-deadlock", loops=LoopMode.off, rounds=2)
+        stop, stop_records = run(server, tmp_path, "refusal-deadlock", loops=LoopMode.stop)
+    assert off.stop_reason is StopReason.completed
+    assert not [r for r in off_records if r["type"] == "event" and "loop" in r["event"]]
+    assert stop.stop_reason is StopReason.deadlock
+    names = [r["event"] for r in stop_records if r["type"] == "event"]
+    assert names[-1] == "deadlock" and set(names[:-1]) == {"loop_detected"}
+
+
+def test_the_ladder_skips_stuck_speakers_and_the_rest_go_on(tmp_path: Path):
+    stuck = ("The Philosopher", "The Oversight Researcher")
+
+    def responder(request: dict) -> str:
+        last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+        if any(f"{TURN_MARKER}, {name}" in last for name in stuck):
+            return "I'm sorry, I can't talk about that."
+        return debate_responder(request)
+
+    with FakeOpenAIServer(responder=responder) as server:
+        result, records = run(server, tmp_path, "alignment-difficulty", rounds=4)
+    actions = [r for r in records if r["type"] == "event" and r["event"] == "intervention"]
+    assert [a["action"] for a in actions] == ["reframe", "abstract", "skip"]
+    assert actions[-1]["speakers"] == ["oversight", "philosopher"]
+    skip_at = records.index(actions[-1])
+    later = [
+        r["speaker"]
+        for r in records[skip_at:]
+        if r["type"] == "turn" and r["role"] == "participant"
+    ]
+    assert later and set(later) == {"interpretability"}
+    assert result.stop_reason is StopReason.completed
+
+
+SEED_SCENARIOS = [
+    "alignment-difficulty",
+    "who-decides-values",
+    "corrigibility",
+    "hard-world-signs",
+    "inner-alignment-solved",
+    "cot-faithfulness",
+    "helpful-only-model",
+]
+
+
+def test_no_detections_on_healthy_debates(tmp_path: Path):
+    runs = 0
+    with FakeOpenAIServer() as server:
+        for protocol in Protocol:
+            for scenario in SEED_SCENARIOS:
+                if runs == 20:
+                    break
+                result, records = run(server, tmp_path, scenario, protocol=protocol, rounds=3)
+                runs += 1
+                assert result.stop_reason is StopReason.completed
+                loops = [r for r in records if r["type"] == "event" and "loop" in r["event"]]
+                assert loops == [], (scenario, protocol, loops)
+    assert runs == 20
+
+
+# --- delib eval refusals ---------------------------------------------------------------------
+def test_eval_on_the_labelled_dev_data(cli, tmp_path: Path):
+    out_file = tmp_path / "pred.jsonl"
+    code, out, _ = cli("eval", "refusals", str(DATA), "--json", "--predictions", str(out_file))
+    assert code == 0
+    figures = json.loads(out)
+    assert figures["binary_n"] == 836 and figures["n"] == 900
+    assert figures["f1"] >= 0.96 and figures["recall"] >= 0.95 and figures["precision"] >= 0.95
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(lines) == 900 and lines[0]["id"] == "v2-1"
+    assert {line["predicted"] for line in lines} <= {"refusal", "partial", "engaged"}
+    code, out, _ = cli("eval", "refusals", str(DATA))
+    assert code == 0 and "F1" in out and "partial" in out
+
+
+def test_eval_uses_line_numbers_and_rejects_bad_lines(cli, tmp_path: Path):
+    good = tmp_path / "g.jsonl"
+    good.write_text(
+        json.dumps({"text": "I can't help with that.", "label": "refusal"})
+        + "\n\n"
+        + json.dumps({"text": "Sure, here it is.", "label": "compliance"})
+        + "\n"
+    )
+    out_file = tmp_path / "p.jsonl"
+    code, _, _ = cli("eval", "refusals", str(good), "--predictions", str(out_file))
+    assert code == 0
+    assert [json.loads(x)["id"] for x in out_file.read_text().splitlines()] == [1, 3]
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(
+        json.dumps({"text": "fine", "label": "refusal"}) + "\n" + json.dumps({"text": "x"}) + "\n"
+    )
+    code, _, err = cli("eval", "refusals", str(bad))
+    assert (
+        code == 1 and f"{bad}:2" in err and "'label'" in err and len(err.strip().splitlines()) == 1
+    )
