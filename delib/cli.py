@@ -179,6 +179,14 @@ def run(
             "else ladder."
         ),
     ] = None,
+    loop_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--loop-option",
+            help="KEY=VALUE: a loop detection setting, e.g. window=8 or repetition=0.7 "
+            "(repeatable; see docs/loop-detection.md).",
+        ),
+    ] = None,
     gguf: GgufOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
@@ -219,6 +227,7 @@ def run(
         ctx=ctx,
         chat_format=chat_format,
         loops=loops,
+        loop_options=_pairs(loop_option or [], "--loop-option"),
     )
     view_console = err if as_json else out
     view = LiveView(view_console, stream=not no_stream)
@@ -269,6 +278,16 @@ async def _run(debate: Run, view: LiveView, console: Console):
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await debate.close()
+
+
+def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{flag} '{pair}': expected KEY=VALUE")
+        result[key.strip()] = value.strip()
+    return result
 
 
 def _say_local(console: Console, server: LocalServer) -> None:

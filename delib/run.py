@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.errors import GraphRecursionError
+from pydantic import ValidationError
 
 from delib.archive import RunFolder, archive_dir
 from delib.config import Config, Overrides, Resolver, SpeakerSettings
@@ -19,7 +20,7 @@ from delib.endpoints import Clients
 from delib.errors import DelibError, InputError, UnknownIdError
 from delib.graph import DEFAULT_TOKEN_BUDGET, Debate, DebateSetup, StopReason, now
 from delib.local import DEFAULT_CTX, LocalServer, model_for
-from delib.loops import LoopMode
+from delib.loops import LoopConfig, LoopMode
 from delib.personas import Persona, persona_library
 from delib.render import markdown
 from delib.scenarios import Protocol, cast_for, scenario_library
@@ -43,6 +44,7 @@ class RunRequest:
     personas_dir: Path | None = None
     scenarios_dir: Path | None = None
     loops: LoopMode | None = None  # overrides the scenario's loop handling mode
+    loop_options: dict[str, str] = field(default_factory=dict)  # --loop-option KEY=VALUE
     ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
     chat_format: str | None = None  # chat format for the embedded server (default: detected)
 
@@ -104,6 +106,25 @@ def _token_totals(records: list[dict]) -> dict[str, Any]:
     return totals
 
 
+def loop_config(base: LoopConfig, mode: LoopMode | None, options: dict[str, str]) -> LoopConfig:
+    """The scenario's loop settings with the flags' changes, validated like the file's."""
+    data = base.model_dump()
+    unknown = sorted(set(options) - set(data))
+    if unknown:
+        raise InputError(
+            f"--loop-option {unknown[0]}: unknown setting; known: {', '.join(sorted(data))}"
+        )
+    data.update(options)
+    if mode:
+        data["mode"] = mode
+    try:
+        return LoopConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"--loop-option {where}: {first['msg']}") from None
+
+
 class Run:
     """Prepares a debate (files, endpoints, models) and then runs and archives it."""
 
@@ -161,9 +182,7 @@ class Run:
             token_budget=req.token_budget or scenario.limits.token_budget or DEFAULT_TOKEN_BUDGET,
             seed=req.seed,
             stream=req.stream,
-            loops=scenario.loops.model_copy(update={"mode": req.loops})
-            if req.loops
-            else scenario.loops,
+            loops=loop_config(scenario.loops, req.loops, req.loop_options),
         )
         self.manifest = self._manifest_start(loaded_scenario, personas)
         return self.setup

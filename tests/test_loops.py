@@ -310,3 +310,31 @@ def test_eval_uses_line_numbers_and_rejects_bad_lines(cli, tmp_path: Path):
     assert (
         code == 1 and f"{bad}:2" in err and "'label'" in err and len(err.strip().splitlines()) == 1
     )
+
+
+def test_loop_options_by_flag(cli, server: FakeOpenAIServer):
+    server.responder = always_refuse
+    code, out, err = cli(
+        "run",
+        "refusal-deadlock",
+        "--base-url",
+        server.base_url,
+        "--loop-option",
+        "deadlock_speakers=3",
+        "--loop-option",
+        "repetition=1",
+        "--rounds",
+        "2",
+        "--json",
+    )
+    assert code == 0, err
+    manifest = read_manifest(Path(json.loads(out)["folder"]))
+    assert manifest["loops"]["deadlock_speakers"] == 3 and manifest["loops"]["repetition"] == 1
+    code, _, err = cli(
+        "run", "refusal-deadlock", "--base-url", server.base_url, "--loop-option", "windw=3"
+    )
+    assert code == 1 and "windw" in err and "window" in err
+    code, _, err = cli(
+        "run", "refusal-deadlock", "--base-url", server.base_url, "--loop-option", "window=1"
+    )
+    assert code == 1 and "--loop-option window" in err
