@@ -26,6 +26,7 @@ from delib.config import (
     Config,
     Overrides,
     Resolver,
+    parse_pairs,
     parse_persona_models,
 )
 from delib.errors import DelibError, InputError
@@ -227,7 +228,7 @@ def run(
         ctx=ctx,
         chat_format=chat_format,
         loops=loops,
-        loop_options=_pairs(loop_option or [], "--loop-option"),
+        loop_options=parse_pairs(loop_option or [], "--loop-option"),
     )
     view_console = err if as_json else out
     view = LiveView(view_console, stream=not no_stream)
@@ -278,16 +279,6 @@ async def _run(debate: Run, view: LiveView, console: Console):
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await debate.close()
-
-
-def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
-    result = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"{flag} '{pair}': expected KEY=VALUE")
-        result[key.strip()] = value.strip()
-    return result
 
 
 def _say_local(console: Console, server: LocalServer) -> None:

@@ -216,17 +216,20 @@ class SpeakerSettings:
     max_tokens: int
 
 
-def parse_persona_models(pairs: list[str]) -> dict[str, str]:
-    """Parse repeated ``--persona-model ID=MODEL`` flags."""
+def parse_pairs(pairs: list[str], flag: str, form: str = "KEY=VALUE") -> dict[str, str]:
+    """Parse repeated ``FLAG KEY=VALUE`` options; an InputError names the bad one."""
     result: dict[str, str] = {}
     for pair in pairs:
-        pid, sep, model = pair.partition("=")
-        if not sep or not pid.strip() or not model.strip():
-            raise InputError(
-                f"--persona-model '{pair}': expected ID=MODEL, e.g. philosopher=llama3"
-            )
-        result[pid.strip()] = model.strip()
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InputError(f"{flag} '{pair}': expected {form}")
+        result[key.strip()] = value.strip()
     return result
+
+
+def parse_persona_models(pairs: list[str]) -> dict[str, str]:
+    """Parse repeated ``--persona-model ID=MODEL`` flags."""
+    return parse_pairs(pairs, "--persona-model", "ID=MODEL, e.g. philosopher=llama3")
 
 
 def _api_key(name: str, env_var: str | None, fallback_env: str | None) -> tuple[str, str | None]:
