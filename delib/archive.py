@@ -2,14 +2,25 @@
 
 ``turns.jsonl`` is appended and flushed (and fsynced) as each turn or event happens, so a run
 that dies keeps everything it finished. ``manifest.json`` is written when the run starts and
-rewritten atomically when it ends. The folders are the source of truth.
+rewritten atomically when it ends. The folders are the source of truth; the SQLite index beside
+them (``delib.index``) can always be rebuilt from them.
+
+Also in a run folder:
+
+- ``checkpoints.sqlite``: LangGraph's checkpoints of the debate graph, for ``delib resume``;
+- ``inflight/<index>.partial``: a turn being spoken (a JSON header line, then the text streamed
+  so far); removed when the turn is finished, so one left behind marks a turn cut off mid-reply;
+- ``lock``: held (``flock``) by the process running the debate; the kernel drops it if that
+  process dies, even by ``kill -9``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import shutil
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +32,9 @@ ARCHIVE_ENV = "DELIB_TRANSCRIPTS"
 TURNS_FILE = "turns.jsonl"
 MANIFEST_FILE = "manifest.json"
 TRANSCRIPT_FILE = "transcript.md"
+CHECKPOINT_FILE = "checkpoints.sqlite"
+INFLIGHT_DIR = "inflight"
+LOCK_FILE = "lock"
 
 
 def archive_dir(flag: Path | None) -> Path:
@@ -41,6 +55,8 @@ class RunFolder:
         self.path = path
         self.run_id = path.name
         self._turns = None
+        self._lock = None
+        self._inflight: dict[int, object] = {}
 
     @classmethod
     def create(cls, archive: Path, scenario_id: str) -> RunFolder:
@@ -59,6 +75,90 @@ class RunFolder:
             raise InputError(f"cannot write to archive folder {archive}: {exc.strerror}") from None
         return cls(path)
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    def lock(self) -> None:
+        """Hold the run's lock while it runs; another process holding it is an error."""
+        handle = open(self.path / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise InputError(
+                f"run {self.run_id} is running in another process (pid {pid}); "
+                "wait for it or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def repair(self) -> int:
+        """Cut a truncated last line off turns.jsonl (a crash mid-write); returns bytes cut."""
+        path = self.path / TURNS_FILE
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return len(data) - keep
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace turns.jsonl atomically (resume keeps only what the checkpoint agrees with)."""
+        self.close_turns()
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        _atomic_write(self.path / TURNS_FILE, text)
+
+    # --- turns being spoken ----------------------------------------------------------------
+    def inflight_start(self, index: int, header: dict) -> None:
+        folder = self.path / INFLIGHT_DIR
+        folder.mkdir(exist_ok=True)
+        handle = open(folder / f"{index}.partial", "w", encoding="utf-8")  # noqa: SIM115
+        handle.write(json.dumps({"index": index, **header}, ensure_ascii=False) + "\n")
+        handle.flush()
+        old = self._inflight.pop(index, None)
+        if old is not None:
+            old.close()
+        self._inflight[index] = handle
+
+    def inflight_text(self, index: int, text: str) -> None:
+        handle = self._inflight.get(index)
+        if handle is not None:
+            handle.write(text)
+            handle.flush()
+
+    def inflight_done(self, index: int) -> None:
+        handle = self._inflight.pop(index, None)
+        if handle is not None:
+            handle.close()
+        (self.path / INFLIGHT_DIR / f"{index}.partial").unlink(missing_ok=True)
+
+    def take_inflight(self) -> list[dict]:
+        """Turns a dead process left half spoken: header fields plus ``partial_chars``;
+        the files are removed."""
+        folder = self.path / INFLIGHT_DIR
+        found = []
+        for path in sorted(folder.glob("*.partial")) if folder.exists() else []:
+            header, _, text = path.read_text(encoding="utf-8", errors="replace").partition("\n")
+            try:
+                entry = json.loads(header)
+            except json.JSONDecodeError:
+                entry = {"index": int(path.stem) if path.stem.isdigit() else -1}
+            entry["partial_chars"] = len(text)
+            found.append(entry)
+        shutil.rmtree(folder, ignore_errors=True)
+        return sorted(found, key=lambda e: e.get("index", -1))
+
     def append(self, record: dict) -> None:
         """Add one turn or event line; it is on disk when this returns."""
         if self._turns is None:
@@ -73,10 +173,28 @@ class RunFolder:
     def write_transcript(self, text: str) -> None:
         _atomic_write(self.path / TRANSCRIPT_FILE, text)
 
-    def close(self) -> None:
+    def close_turns(self) -> None:
         if self._turns is not None:
             self._turns.close()
             self._turns = None
+
+    def drop_checkpoints(self) -> None:
+        """A finished run cannot be resumed: its checkpoints are only weight."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.checkpoint_path}{suffix}").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.close_turns()
+        for handle in self._inflight.values():
+            handle.close()
+        self._inflight.clear()
+        folder = self.path / INFLIGHT_DIR
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        if self._lock is not None:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            self._lock.close()  # releases the flock
+            self._lock = None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -88,8 +206,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def is_locked(folder: Path) -> bool:
+    """True while a process is running this run."""
+    path = folder / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def read_records(folder: Path) -> list[dict]:
-    """Every turn and event of a run; a truncated last line (a crash mid-write) is skipped."""
+    """Every turn and event of a run; a truncated last line (a crash mid-write) is skipped
+    with a warning."""
     path = folder / TURNS_FILE
     if not path.exists():
         return []
@@ -102,7 +235,10 @@ def read_records(folder: Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number == len(lines):
-                warnings.warn(f"{path}: ignoring a truncated last line", stacklevel=2)
+                warnings.warn(
+                    f"{path}: ignoring a truncated last line (the run died mid-write)",
+                    stacklevel=2,
+                )
             else:
                 raise InputError(f"{path}: line {number} is not valid JSON") from None
     return records

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import sys
+import warnings
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +23,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from delib import __version__
-from delib.archive import archive_dir, find_run, read_manifest, read_records, run_folders
+from delib.archive import (
+    ARCHIVE_ENV,
+    archive_dir,
+    find_run,
+    is_locked,
+    read_manifest,
+    read_records,
+    run_folders,
+)
 from delib.config import (
     CLI_ENDPOINT,
     EMBEDDED_ENDPOINT,
@@ -30,13 +43,15 @@ from delib.config import (
     parse_persona_models,
 )
 from delib.errors import DelibError, InputError
+from delib.export import diff, export
+from delib.index import HIT_END, HIT_START, Index
 from delib.local import DEFAULT_CTX, LocalServer, extra_installed, model_for
 from delib.loops import LoopMode
 from delib.personas import persona_library
 from delib.probe import check_endpoint
 from delib.refusal import evaluate, read_labelled
 from delib.render import LiveView, markdown, verdict_lines
-from delib.run import Run, RunRequest
+from delib.run import Run, RunRequest, resume_request
 from delib.scenarios import Protocol, scenario_library
 
 app = typer.Typer(
@@ -49,7 +64,10 @@ app = typer.Typer(
 )
 personas_app = typer.Typer(help="List and show personas.", no_args_is_help=True)
 scenarios_app = typer.Typer(help="List and show scenarios.", no_args_is_help=True)
-transcripts_app = typer.Typer(help="List and show archived runs.", no_args_is_help=True)
+transcripts_app = typer.Typer(
+    help="The archive: list, show, search, export, compare and delete runs.",
+    no_args_is_help=True,
+)
 endpoints_app = typer.Typer(
     help="List configured endpoints and check what a server can do.", no_args_is_help=True
 )
@@ -230,14 +248,22 @@ def run(
         loops=loops,
         loop_options=parse_pairs(loop_option or [], "--loop-option"),
     )
+    _execute(Run(request), as_json)
+
+
+def _execute(debate: Run, as_json: bool, resume: Path | None = None) -> None:
+    """Run (or resume) a prepared request with the live view; report like 'delib run'."""
     view_console = err if as_json else out
-    view = LiveView(view_console, stream=not no_stream)
-    debate = Run(request)
+    view = LiveView(view_console, stream=debate.request.stream)
     try:
-        result = asyncio.run(_run(debate, view, view_console))
+        result = asyncio.run(_run(debate, view, view_console, resume))
     except (KeyboardInterrupt, asyncio.CancelledError):
         where = f" in {debate.folder.path}" if debate.folder else ""
-        err.print(f"[yellow]interrupted[/yellow]; finished turns are kept{where}")
+        err.print(
+            f"[yellow]interrupted[/yellow]; finished turns are kept{where}; "
+            "'delib resume RUN' goes on from there",
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         print(json.dumps(result.summary()))
@@ -256,11 +282,15 @@ def run(
         )
     if result.error:
         err.print(f"[red]error:[/red] {escape(result.error)}", highlight=False, soft_wrap=True)
-        err.print(f"[dim]finished turns are kept in {result.folder}[/dim]")
+        err.print(
+            f"[dim]finished turns are kept in {result.folder}; "
+            f"'delib resume {result.run_id}' goes on from there[/dim]",
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_ERROR)
 
 
-async def _run(debate: Run, view: LiveView, console: Console):
+async def _run(debate: Run, view: LiveView, console: Console, resume: Path | None = None):
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
@@ -271,14 +301,66 @@ async def _run(debate: Run, view: LiveView, console: Console):
         if debate.local:
             _say_local(console, debate.local)
         models = sorted({f"{s.model} @ {s.endpoint.name}" for s in setup.speakers.values()})
+        if resume is not None:
+            console.print(f"[cyan]resuming[/cyan] {resume.name}", soft_wrap=True)
         console.print(
             f"[bold]{setup.scenario.title}[/bold]  [dim]{setup.protocol.value}, "
             f"{setup.rounds} round{'s' if setup.rounds > 1 else ''}, {', '.join(models)}[/dim]"
         )
-        return await debate.execute(view.handle)
+        return await debate.execute(view.handle, resume=resume)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await debate.close()
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix of a run that died.")],
+    base_url: Annotated[
+        str | None, typer.Option(help="Go on against this base URL instead of the run's own.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for every persona.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Go on against this named endpoint instead.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the key for --base-url.")
+    ] = None,
+    system_message: Annotated[
+        SystemMessage | None, typer.Option(help="native, fold or auto (see 'delib run').")
+    ] = None,
+    gguf: GgufOpt = None,
+    ctx: Annotated[
+        int | None, typer.Option("--ctx", min=256, help="Context size of the local server.")
+    ] = None,
+    chat_format: ChatFormatOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")
+    ] = False,
+    archive: ArchiveOpt = None,
+) -> None:
+    """Continue a run that was killed, interrupted or failed, from its last finished turn.
+
+    It goes on in the same run folder with the run's own settings, against the same endpoint
+    unless another is given. Turns cut off mid-reply are spoken again (and the discard is
+    recorded); a finished run cannot be resumed.
+    """
+    if gguf and (base_url or endpoint):
+        raise InputError(
+            "--gguf serves a local file: it cannot be combined with --base-url or --endpoint"
+        )
+    changes = {
+        "base_url": base_url,
+        "model": model,
+        "endpoint": endpoint,
+        "api_key_env": api_key_env,
+        "system_message": system_message.value if system_message else None,
+        "gguf": gguf,
+        "ctx": ctx,
+        "chat_format": chat_format,
+    }
+    request, folder = resume_request(archive, run_id, changes)
+    _execute(Run(request), as_json, resume=folder)
 
 
 def _say_local(console: Console, server: LocalServer) -> None:
@@ -532,32 +614,86 @@ def scenarios_show(
 
 
 # --- transcripts ------------------------------------------------------------------------------
-@transcripts_app.command("list")
-def transcripts_list(archive: ArchiveOpt = None) -> None:
-    """List archived runs, newest first."""
-    folders = run_folders(archive_dir(archive))
-    table = Table(box=None)
-    table.add_column("run (time-scenario-tag)", no_wrap=True)
-    table.add_column("stop reason", no_wrap=True)
-    table.add_column("turns")
-    table.add_column("tokens")
-    for folder in folders:
-        try:
-            m = read_manifest(folder)
-        except DelibError as exc:
-            table.add_row(folder.name, f"unreadable: {escape(str(exc))}", "", "")
-            continue
-        tokens = (m.get("tokens") or {}).get("total", "")
-        table.add_row(
-            m["run_id"],
-            m.get("stop_reason") or "running",
-            str(m.get("turns", "")),
-            str(tokens),
+def _open_index(archive: Path | None) -> Index:
+    """The archive's index, brought up to date with the run folders."""
+    path = archive_dir(archive)
+    if not path.is_dir():
+        raise InputError(
+            f"archive folder {path} does not exist; pass --archive DIR or set {ARCHIVE_ENV}"
         )
-    if not folders:
-        out.print(f"no runs in {archive_dir(archive)}")
+    index = Index.open(path)
+    for problem in index.sync():
+        err.print(f"[yellow]warning:[/yellow] skipped {escape(problem)}", soft_wrap=True)
+    return index
+
+
+def _since(value: str | None) -> str | None:
+    """--since: an ISO date or time, or a span back from now (30m, 12h, 7d)."""
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)([mhdw])", value.strip())
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
+        then = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+        return then.isoformat(timespec="milliseconds")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(
+            f"--since '{value}': expected a date (2026-11-01), a time (2026-11-01T09:30) "
+            "or a span back from now (30m, 12h, 7d, 2w)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@transcripts_app.command("list")
+def transcripts_list(
+    scenario: Annotated[str | None, typer.Option(help="Only runs of this scenario.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only runs in which this model spoke.")] = None,
+    stop_reason: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs that ended so: completed, max_rounds, token_budget, deadlock, "
+            "error, interrupted, or running (also runs killed without a word)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only runs started since: 2026-11-01, 2026-11-01T09:30, 12h, 7d."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    archive: ArchiveOpt = None,
+) -> None:
+    """List archived runs, newest first."""
+    with _open_index(archive) as index:
+        runs = index.runs(scenario, model, stop_reason, _since(since))
+    if as_json:
+        print(json.dumps(runs))
         return
+    if not runs:
+        out.print(f"no runs match in {archive_dir(archive)}", soft_wrap=True)
+        return
+    table = Table(box=None)
+    table.add_column("run", no_wrap=True)
+    table.add_column("stop reason", no_wrap=True)
+    table.add_column("turns", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("models")
+    for r in runs:
+        reason = r["stop_reason"] or "running or killed"
+        if r["resumed"]:
+            reason += f" (resumed ×{r['resumed']})"
+        table.add_row(
+            r["run_id"], reason, str(r["turns"]), str(r["tokens"] or ""), ", ".join(r["models"])
+        )
     out.print(table)
+
+
+def _load_run(archive: Path | None, wanted: str) -> tuple[Path, dict, list[dict]]:
+    folder = find_run(archive_dir(archive), wanted)
+    return folder, read_manifest(folder), read_records(folder)
 
 
 @transcripts_app.command("show")
@@ -566,12 +702,174 @@ def transcripts_show(
     archive: ArchiveOpt = None,
 ) -> None:
     """Print one run as Markdown."""
+    _, manifest, records = _load_run(archive, run_id)
+    out.print(markdown(manifest, records), markup=False)
+
+
+@transcripts_app.command("search")
+def transcripts_search(
+    query: Annotated[
+        str,
+        typer.Argument(
+            help='Words to find (all must occur); FTS5 syntax works too: "a phrase", '
+            "word*, a OR b, NEAR(a b)."
+        ),
+    ],
+    limit: Annotated[int, typer.Option(min=1, help="At most this many hits.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+    archive: ArchiveOpt = None,
+) -> None:
+    """Find turns by what was said, across every archived run."""
+    with _open_index(archive) as index:
+        hits = index.search(query, limit)
+    if as_json:
+        plain = [
+            {
+                **dataclasses.asdict(h),
+                "snippet": h.snippet.replace(HIT_START, "").replace(HIT_END, ""),
+            }
+            for h in hits
+        ]
+        print(json.dumps(plain))
+        return
+    if not hits:
+        out.print(f"no turn matches {query!r}")
+        raise typer.Exit(EXIT_ERROR)
+    for h in hits:
+        snippet = (
+            escape(h.snippet)
+            .replace(HIT_START, "[bold reverse]")
+            .replace(HIT_END, "[/bold reverse]")
+        )
+        out.print(
+            f"[cyan]{h.run_id}[/cyan] [dim]turn {h.index} · round {h.round} ·[/dim] "
+            f"[bold]{escape(h.name or h.speaker)}[/bold]",
+            soft_wrap=True,
+        )
+        out.print(f"  {snippet}", soft_wrap=True)
+    out.print(f"[dim]{len(hits)} hit{'s' if len(hits) != 1 else ''}[/dim]")
+
+
+class ExportFormat(StrEnum):
+    md = "md"
+    json = "json"
+    html = "html"
+
+
+@transcripts_app.command("export")
+def transcripts_export(
+    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", help="md, json (manifest and records) or html (one file)."),
+    ] = ExportFormat.md,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    archive: ArchiveOpt = None,
+) -> None:
+    """Export one run as Markdown, JSON or a self-contained HTML page."""
+    _, manifest, records = _load_run(archive, run_id)
+    text = export(manifest, records, fmt.value)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror}") from None
+    err.print(f"wrote {output}", soft_wrap=True)
+
+
+@transcripts_app.command("diff")
+def transcripts_diff(
+    run_a: Annotated[str, typer.Argument(help="First run (id or unique prefix).")],
+    run_b: Annotated[str, typer.Argument(help="Second run (id or unique prefix).")],
+    width: Annotated[int, typer.Option(min=20, help="Characters of each turn shown.")] = 160,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    archive: ArchiveOpt = None,
+) -> None:
+    """Compare two runs: settings that differ, turn by turn, and their verdicts."""
+    _, ma, ra = _load_run(archive, run_a)
+    _, mb, rb = _load_run(archive, run_b)
+    result = diff((ma, ra), (mb, rb))
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"[bold]A[/bold] {result['a']}\n[bold]B[/bold] {result['b']}", soft_wrap=True)
+    if result["settings"]:
+        table = Table(title="settings that differ", box=None, title_justify="left")
+        for column in ("setting", "A", "B"):
+            table.add_column(column, overflow="fold")
+        for row in result["settings"]:
+            table.add_row(row["setting"], str(row["a"]), str(row["b"]))
+        out.print(table)
+    else:
+        out.print("[dim]same settings[/dim]")
+
+    def cell(side: dict | None) -> str:
+        if side is None:
+            return "[dim]—[/dim]"
+        text = side["text"] if len(side["text"]) <= width else side["text"][: width - 1] + "…"
+        return f"[bold]{escape(side['speaker'])}[/bold] [dim]{side['kind']}[/dim]\n{escape(text)}"
+
+    table = Table(title="turns", box=None, title_justify="left", show_lines=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("A", ratio=1, overflow="fold")
+    table.add_column("B", ratio=1, overflow="fold")
+    for row in result["turns"]:
+        mark = "" if not row["same"] else " [dim]=[/dim]"
+        table.add_row(f"{row['index']}{mark}", cell(row["a"]), cell(row["b"]))
+    out.print(table)
+    for side, manifest in (("A", ma), ("B", mb)):
+        lines = verdict_lines(manifest)
+        out.print(f"[bold]verdict {side}[/bold]")
+        out.print("\n".join(lines[2:]).strip() or "(none)", markup=False)
+
+
+@transcripts_app.command("delete")
+def transcripts_delete(
+    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    archive: ArchiveOpt = None,
+) -> None:
+    """Delete one run's folder and its index entries."""
     folder = find_run(archive_dir(archive), run_id)
-    out.print(markdown(read_manifest(folder), read_records(folder)), markup=False)
+    if is_locked(folder):
+        raise InputError(f"run {folder.name} is running; stop it before deleting it")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"not deleting {folder.name} without --yes (no terminal to ask)")
+        if not typer.confirm(f"delete run {folder.name} and everything in {folder}?"):
+            err.print("kept")
+            raise typer.Exit(EXIT_ERROR)
+    shutil.rmtree(folder)
+    with Index.open(folder.parent) as index:
+        index.forget(folder.name)
+    out.print(f"deleted {folder.name}")
+
+
+@transcripts_app.command("reindex")
+def transcripts_reindex(archive: ArchiveOpt = None) -> None:
+    """Rebuild the archive's search index from the run folders alone."""
+    path = archive_dir(archive)
+    run_folders(path)  # a clear error if the folder does not exist
+    with Index.open(path) as index:
+        count, problems = index.rebuild()
+    for problem in problems:
+        err.print(f"[yellow]warning:[/yellow] skipped {escape(problem)}", soft_wrap=True)
+    out.print(f"indexed {count} run{'s' if count != 1 else ''} in {path}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
 
 
 def main() -> None:
     """Console entry point: run the app, turning delib's errors into one line."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except DelibError as exc:

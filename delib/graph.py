@@ -80,6 +80,7 @@ class DebateState(TypedDict, total=False):
     last_detection: int  # number of turns when a loop was last detected
     skipped: list[str]  # participants left out after the ladder's third rung
     tried: list[str]  # what the ladder has tried, for the diagnosis
+    swapped: dict[str, str]  # participants moved to the fallback model by the ladder
 
 
 @dataclass
@@ -151,10 +152,11 @@ LADDER = ("reframe", "abstract", "skip", "stop")
 class Debate:
     """Builds the graph for one run; nodes are methods so they can reach the setup."""
 
-    def __init__(self, setup: DebateSetup) -> None:
+    def __init__(self, setup: DebateSetup, recovered: dict[int, dict] | None = None) -> None:
         self.setup = setup
-        # Speakers moved to the fallback model by the ladder (kept for the rest of the run).
-        self.swapped: dict[str, str] = {}
+        # Turns a killed run finished after its last checkpoint (see Run.resume): when the
+        # resumed graph comes to speak one of them again, the finished turn is used as it is.
+        self.recovered: dict[int, dict] = recovered or {}
 
     # --- helpers ---------------------------------------------------------------------------
     def _prompt(
@@ -178,6 +180,7 @@ class Debate:
         max_tokens: int | None = None,
         temperature: float | None = None,
         stream: bool | None = None,
+        model: str | None = None,
     ) -> Reply:
         settings = self.setup.speakers[speaker.id]
         client = self.setup.clients.get(settings.endpoint)
@@ -199,7 +202,7 @@ class Debate:
             )
 
         assert settings.model is not None
-        model = self.swapped.get(speaker.id, settings.model)
+        model = model or settings.model
         max_tokens = max_tokens or settings.max_tokens
         context = settings.endpoint.config.context_tokens
         if context:
@@ -228,27 +231,34 @@ class Debate:
         instruction: str,
         max_tokens: int | None = None,
         stream: bool | None = None,
+        model: str | None = None,
     ) -> dict:
         """Speak one turn and announce it on the stream; returns the archived turn record."""
         setup = self.setup
         role = "moderator" if speaker.id == setup.scenario.moderator else "participant"
         writer = get_stream_writer()
-        writer(
-            {
-                "kind": "turn_start",
-                "index": index,
-                "speaker": speaker.id,
-                "name": speaker.name,
-                "round": round_no,
-                "role": role,
-                "turn_kind": kind,
-            }
-        )
+        start = {
+            "kind": "turn_start",
+            "index": index,
+            "speaker": speaker.id,
+            "name": speaker.name,
+            "round": round_no,
+            "role": role,
+            "turn_kind": kind,
+        }
+        done = self.recovered.pop(index, None)
+        if done is not None and done["speaker"] == speaker.id and done["kind"] == kind:
+            writer({**start, "recovered": True})
+            writer({"kind": "turn", "turn": done, "recovered": True})
+            return done
+        writer(start)
         settings = setup.speakers[speaker.id]
         reply_tokens = max_tokens or settings.max_tokens
         prompt = self._prompt(speaker, visible, instruction, reply_tokens)
         started_at = now()
-        reply = await self._call(speaker, prompt, index=index, max_tokens=max_tokens, stream=stream)
+        reply = await self._call(
+            speaker, prompt, index=index, max_tokens=max_tokens, stream=stream, model=model
+        )
         turn = {
             "type": "turn",
             "index": index,
@@ -345,6 +355,7 @@ class Debate:
             "index": len(turns) + offset,
             "round": round_no,
             "visible": visible,
+            "model": state.get("swapped", {}).get(pid),
         }
         return Send("speak", payload)
 
@@ -358,6 +369,7 @@ class Debate:
             kind="statement",
             visible=payload["visible"],
             instruction=prompts.turn_instruction(speaker, payload["round"], setup.rounds),
+            model=payload.get("model"),
         )
         return {"turns": [turn]}
 
@@ -417,8 +429,7 @@ class Debate:
             fallback = setup.loops.fallback_model
             movable = [p for p in stuck if p in setup.participants]
             if fallback:
-                for pid in movable:
-                    self.swapped[pid] = fallback
+                update["swapped"] = {**state.get("swapped", {}), **dict.fromkeys(movable, fallback)}
                 update["events"].append(
                     self._event("intervention", action="swap", speakers=movable, model=fallback)
                 )
