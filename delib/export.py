@@ -44,10 +44,10 @@ td, th { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left;
 .text { white-space: pre-wrap; margin: .3rem 0 0; }
 .event { margin: .6rem 0; padding: .3rem .8rem; border: 1px dashed #bf8700;
          color: #7d4e00; font-size: .9rem; }
-.event.deadlock { border-color: #cf222e; color: #a40e26; }
-.event.intervention { border-style: solid; }
+.event.event-deadlock { border-color: #cf222e; color: #a40e26; }
+.event.event-intervention { border-style: solid; }
 .round { margin-top: 2rem; }
-.verdict { border: 2px solid #1f2328; padding: .5rem 1rem; margin-top: 2rem; }
+.verdict-box { border: 2px solid #1f2328; padding: .5rem 1rem; margin-top: 2rem; }
 """
 
 
@@ -113,7 +113,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
         if record["type"] == "event":
             name = record["event"]
             out.append(
-                f'<div class="event {_e(name)}" data-event="{_e(name)}">⚑ <b>{_e(name)}</b> '
+                f'<div class="event event-{_e(name)}" data-event="{_e(name)}">⚑ <b>{_e(name)}</b> '
                 f"{_e(event_detail(record))}</div>"
             )
             continue
@@ -129,7 +129,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
         tokens = record.get("tokens") or {}
         spent = tokens.get("prompt", 0) + tokens.get("completion", 0)
         out.append(
-            f'<div class="turn {_e(record["role"])} {_e(record["kind"])}" '
+            f'<div class="turn {_e(record["role"])} kind-{_e(record["kind"])}" '
             f'data-index="{_e(record["index"])}" data-speaker="{_e(record["speaker"])}" '
             f'style="--c:{colours.get(record["speaker"], "#57606a")}">'
             f'<span class="who">{_e(record["name"])}</span> '
@@ -139,7 +139,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
         )
     verdict = manifest.get("verdict")
     if verdict:
-        out.append('<div class="verdict"><h2>Verdict</h2>')
+        out.append('<div class="verdict-box"><h2>Verdict</h2>')
         if verdict.get("valid"):
             out.append(f"<p>{_e(verdict['summary'])}</p>")
             for title, key in (

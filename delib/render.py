@@ -119,6 +119,20 @@ def event_detail(event: dict) -> str:
         return f"stopped: {event['diagnosis']}"
     if name == "loop_resolved":
         return f"the loop broke after: {event['after']}"
+    if name == "turn_discarded":
+        return (
+            f"turn {event['turn']} ({event.get('speaker')}, {event.get('partial_chars', 0)} "
+            f"characters streamed) was cut off when the run died; it is spoken again"
+        )
+    if name == "resumed":
+        kept = event["after_turn"]
+        parts = [f"the run goes on after turn {kept - 1}" if kept else "the run starts over"]
+        if event.get("recovered_turns"):
+            parts.append(f"turns {event['recovered_turns']} finished before the crash are kept")
+        parts.append(f"endpoint {', '.join(event.get('endpoints') or [])}")
+        return "; ".join(parts)
+    if name == "truncated_line_dropped":
+        return f"a half-written last line ({event['bytes']} bytes) was cut from turns.jsonl"
     return str(event.get("reason") or event.get("what") or event.get("speaker") or "")
 
 

@@ -221,8 +221,15 @@ def test_a_running_run_cannot_be_resumed_or_deleted(
     archive = tmp_path / "archive"
     proc = delib_process(*run_args(slow_server.base_url, archive))
     try:
-        wait_for(lambda: _turn_lines(archive) >= 1, proc, "the first turn")
+        wait_for(lambda: _turn_lines(archive) >= 2, proc, "two turns")
         folder = only_run(archive)
+        # The index follows the run as it goes.
+        code, out, _ = cli("transcripts", "list", "--json", "--archive", str(archive))
+        [live] = json.loads(out)
+        assert live["stop_reason"] is None and live["turns"] >= 2
+        code, out, _ = cli("transcripts", "list", "--stop-reason", "running", "--json",
+                           "--archive", str(archive))  # fmt: skip
+        assert [r["run_id"] for r in json.loads(out)] == [folder.name]
         code, _, err = cli("resume", folder.name, "--archive", str(archive))
         assert code == 1 and "still running" in err
         code, _, err = cli("transcripts", "delete", folder.name, "--yes", "--archive",
