@@ -273,3 +273,24 @@ def test_checkpoints_are_langgraph_sqlite_one_thread_per_run(
     with sqlite3.connect(folder / "checkpoints.sqlite") as db:
         threads = {row[0] for row in db.execute("SELECT thread_id FROM checkpoints")}
     assert threads == {folder.name}
+
+
+def test_kill_9_during_a_simultaneous_round(tmp_path: Path, slow_server: FakeOpenAIServer) -> None:
+    """Three speakers streaming at once when the process dies: those finished are kept (or
+    reused), the others are discarded and spoken again."""
+    args = ["--protocol", "simultaneous"]
+    code, _, err = finish(delib_process(*run_args(slow_server.base_url, tmp_path / "a", *args)))
+    assert code == 0, err
+    expected = turn_sequence(only_run(tmp_path / "a"))
+    archive = tmp_path / "b"
+    proc = delib_process(*run_args(slow_server.base_url, archive, *args))
+    wait_for(lambda: during_streaming(archive, slow_server), proc, "round 1 streaming")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    folder = only_run(archive)
+    code, out, err = finish(delib_process("resume", folder.name, "--archive", str(archive)))
+    assert code == 0, err
+    assert "resuming" in out
+    assert turn_sequence(folder) == expected
+    discarded = [r for r in records(folder) if r.get("event") == "turn_discarded"]
+    assert 3 in [e["turn"] for e in discarded]
