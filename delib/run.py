@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import platform
 import sqlite3
 import warnings
@@ -63,6 +64,10 @@ class RunRequest:
     loop_options: dict[str, str] = field(default_factory=dict)  # --loop-option KEY=VALUE
     ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
     chat_format: str | None = None  # chat format for the embedded server (default: detected)
+
+
+def _key(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 
 def request_to_dict(req: RunRequest) -> dict[str, Any]:
@@ -454,6 +459,8 @@ class Run:
         values: dict = dict(snapshot.values or {})
         state_turns = {t["index"]: t for t in values.get("turns", [])}
         state_events = values.get("events", [])
+        # Compared as JSON: the checkpoint's copy went through another serialiser.
+        state_keys = {_key(e) for e in state_events}
         kept: list[dict] = []
         seen: set[int] = set()
         recovered: dict[int, dict] = {}
@@ -465,12 +472,13 @@ class Run:
                     seen.add(index)
                 elif index not in state_turns:
                     recovered[index] = record
-            elif record in state_events or record["event"] in RESUME_EVENTS:
+            elif _key(record) in state_keys or record["event"] in RESUME_EVENTS:
                 kept.append(record)
         # What the checkpoint has but the file lacks (the process died between the two).
         for index in sorted(set(state_turns) - seen):
             kept.append(state_turns[index])
-        kept += [e for e in state_events if e not in kept]
+        kept_keys = {_key(r) for r in kept}
+        kept += [e for e in state_events if _key(e) not in kept_keys]
         at = now()
         added: list[dict] = []
         if cut:
