@@ -81,6 +81,11 @@ app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(local_app, name="local")
 
 
+class PromptLayout(StrEnum):
+    persona_first = "persona_first"
+    shared_first = "shared_first"
+
+
 class SystemMessage(StrEnum):
     auto = "auto"
     native = "native"
@@ -206,6 +211,14 @@ def run(
             "(repeatable; see docs/loop-detection.md).",
         ),
     ] = None,
+    prompt_layout: Annotated[
+        PromptLayout | None,
+        typer.Option(
+            help="shared_first: what every speaker shares first, the persona last (a local "
+            "server reuses its prompt cache); persona_first: the persona as system message. "
+            "Default: shared_first for servers on this machine, else persona_first."
+        ),
+    ] = None,
     gguf: GgufOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
@@ -245,6 +258,7 @@ def run(
         scenarios_dir=scenarios_dir,
         ctx=ctx,
         chat_format=chat_format,
+        prompt_layout=prompt_layout.value if prompt_layout else None,
         loops=loops,
         loop_options=parse_pairs(loop_option or [], "--loop-option"),
     )

@@ -30,6 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +59,8 @@ CLI_ENDPOINT = "cli"
 ENV_ENDPOINT = "env"
 # The local model delib serves itself (see delib.local).
 EMBEDDED_ENDPOINT = "embedded"
+# Hosts that mean "this machine": their servers get the prefix-cache prompt layout by default.
+LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0")
 
 SystemMode = Literal["auto", "native", "fold"]
 
@@ -88,6 +91,12 @@ class EndpointConfig(BaseModel):
         default=None,
         ge=256,
         description="The server's context size: prompts are trimmed to fit it with the reply",
+    )
+    prompt_layout: Literal["auto", "persona_first", "shared_first"] = Field(
+        default="auto",
+        description="shared_first: what all speakers share first, the persona last (reuses a "
+        "local server's prompt cache); persona_first: the persona as system message; auto: "
+        "shared_first for servers on this machine, persona_first for others",
     )
 
 
@@ -188,7 +197,20 @@ class Endpoint:
             "header_names": sorted(self.config.headers),
             "system_message": self.config.system_message,
             "timeout": self.config.timeout,
+            "prompt_layout": self.layout(),
         }
+
+    @property
+    def is_local(self) -> bool:
+        """A server on this machine (the embedded one included)."""
+        host = urlsplit(self.config.base_url).hostname or ""
+        return host in LOCAL_HOSTS or host.startswith("127.")
+
+    def layout(self) -> str:
+        """The prompt layout for this endpoint (see delib.prompts)."""
+        if self.config.prompt_layout != "auto":
+            return self.config.prompt_layout
+        return "shared_first" if self.is_local else "persona_first"
 
 
 @dataclass(frozen=True)

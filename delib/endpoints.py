@@ -61,7 +61,8 @@ class Prompt:
 
     system: str
     messages: list[dict[str, str]]
-    omitted: int = 0  # transcript turns left out to fit the context
+    omitted: int = 0  # transcript turns folded into the rolling summary to fit the context
+    summary_chars: int = 0  # size of that summary
 
     def render(self, fold_system: bool) -> list[dict[str, str]]:
         """The messages to send, with the system text native or folded into the first turn."""

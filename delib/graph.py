@@ -98,6 +98,7 @@ class DebateSetup:
     seed: int | None = None
     stream: bool = True
     loops: LoopConfig = LoopConfig()
+    prompt_layout: str | None = None  # None: each endpoint's own (Endpoint.layout)
 
     @property
     def participants(self) -> list[str]:
@@ -164,12 +165,14 @@ class Debate:
     ) -> Prompt:
         """The speaker's prompt, trimmed to its endpoint's context if that is known."""
         setup = self.setup
-        context = setup.speakers[speaker.id].endpoint.config.context_tokens
+        endpoint = setup.speakers[speaker.id].endpoint
+        context = endpoint.config.context_tokens
         limit = None
         if context:
             # Keep room for the reply plus a margin for the chat template's own tokens.
             limit = max(context - reply_tokens - CONTEXT_MARGIN, 0)
-        return prompts.build(speaker, setup.scenario, setup.cast, turns, instruction, limit)
+        layout = setup.prompt_layout or endpoint.layout()
+        return prompts.build(speaker, setup.scenario, setup.cast, turns, instruction, limit, layout)
 
     async def _call(
         self,
@@ -207,7 +210,7 @@ class Debate:
         context = settings.endpoint.config.context_tokens
         if context:
             # A prompt that could not be trimmed enough leaves the reply less room.
-            room = context - prompt.chars() // prompts.FIT_CHARS_PER_TOKEN - CONTEXT_MARGIN
+            room = context - -(-prompt.chars() // prompts.FIT_CHARS_PER_TOKEN) - CONTEXT_MARGIN
             max_tokens = max(min(max_tokens, room), MIN_REPLY_TOKENS)
         return await client.complete(
             prompt,
@@ -280,6 +283,8 @@ class Debate:
             turn["timings"] = reply.timings
         if prompt.omitted:
             turn["omitted_turns"] = prompt.omitted
+            # What the rolling summary costs in this prompt (estimated tokens).
+            turn["summary_tokens"] = prompt.summary_chars // CHARS_PER_TOKEN
         writer({"kind": "turn", "turn": turn})
         return turn
 

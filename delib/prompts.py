@@ -1,10 +1,21 @@
 """Turning the shared transcript into the messages one speaker sees.
 
-Every prompt is built from the current speaker's point of view: their own earlier turns are
-``assistant`` messages, everyone else's are ``user`` messages prefixed with the speaker's name,
-and runs of one role are merged, so the list always starts with ``user`` and strictly
-alternates. That satisfies chat templates that demand alternation; the system text can be
-sent natively or folded into the first user message (see ``endpoints.Prompt``).
+Two layouts:
+
+- ``persona_first`` (for hosted endpoints): the system text is the speaker's persona and the
+  rules; the transcript is seen from the speaker's point of view: their own earlier turns are
+  ``assistant`` messages, everyone else's are ``user`` messages prefixed with the speaker's
+  name, and runs of one role are merged, so the list starts with ``user`` and strictly
+  alternates.
+- ``shared_first`` (the default for local endpoints): everything every speaker shares comes
+  first and in the same words (the rules, the brief, the rolling summary, the transcript with
+  every turn labelled by name), and the speaker's persona and instruction come last, all in one
+  user message. Consecutive prompts then share their longest part as an exact prefix, which
+  llama.cpp's prompt cache reuses instead of evaluating it again.
+
+Either way the system text can be sent natively or folded into the first user message (see
+``endpoints.Prompt``). When the prompt must fit a context, the oldest turns are folded into a
+rolling summary that keeps each speaker's latest position among them (``fold``).
 """
 
 from __future__ import annotations
@@ -71,6 +82,68 @@ def fit(turns: list[dict], budget_chars: int) -> list[dict]:
     return kept[::-1]
 
 
+PERSONA_FIRST = "persona_first"
+SHARED_FIRST = "shared_first"
+LAYOUTS = (PERSONA_FIRST, SHARED_FIRST)
+# Turns move into the rolling summary this many at a time, so that the start of the prompt
+# stays the same for several turns in a row and a prefix cache keeps working.
+FOLD_STEP = 4
+# Characters of a speaker's latest folded turn kept in the summary (whole sentences).
+GIST_CHARS = 280
+
+
+def _gist(text: str, limit: int = GIST_CHARS) -> str:
+    """The start of a turn, cut at a sentence end within ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(". ", 0, limit), text.rfind("? ", 0, limit), text.rfind("! ", 0, limit))
+    return text[: cut + 1] if cut > limit // 3 else text[: limit - 1] + "…"
+
+
+def summarise(folded: list[dict], cast: dict[str, Persona], limit: int = GIST_CHARS) -> str:
+    """The rolling summary: how many contributions it stands for, and each speaker's latest
+    position among them, in order of first appearance."""
+    latest: dict[str, dict] = {}
+    for turn in folded:
+        latest[turn["speaker"]] = turn
+    lines = [
+        f"Summary of the first {len(folded)} contribution{'s' if len(folded) > 1 else ''} "
+        "(shortened to fit the model's context), with each speaker's latest position there:"
+    ]
+    for pid, turn in latest.items():
+        persona = cast.get(pid)
+        name = persona.name if persona else pid
+        lines.append(f"- {name}: {_gist(turn['text'], limit)}")
+    return "\n".join(lines)
+
+
+def _size(turns: list[dict]) -> int:
+    return sum(len(t["text"]) + TURN_OVERHEAD_CHARS for t in turns)
+
+
+def fold(
+    turns: list[dict], budget_chars: int, cast: dict[str, Persona]
+) -> tuple[str, list[dict], int]:
+    """Fit ``turns`` into ``budget_chars``: (summary, turns kept verbatim, turns folded).
+
+    The oldest turns are folded into the summary ``FOLD_STEP`` at a time, the fewest that make
+    the rest fit; the newest turn always stays (cut from its start if it alone is too long).
+    """
+    if _size(turns) <= budget_chars:
+        return "", turns, 0
+    last = len(turns) - 1
+    cuts = [*range(FOLD_STEP, last, FOLD_STEP), last]
+    for cut in cuts:
+        summary = summarise(turns[:cut], cast)
+        if len(summary) + _size(turns[cut:]) <= budget_chars:
+            return summary, turns[cut:], cut
+    # Even one turn with the summary is too much: shorten the summary, then cut the turn.
+    summary = summarise(turns[:last], cast, limit=max(60, GIST_CHARS // 4))
+    summary = summary[: max(budget_chars // 2, 0)]
+    return summary, fit(turns[last:], budget_chars - len(summary)), last
+
+
 def build(
     speaker: Persona,
     scenario: Scenario,
@@ -78,26 +151,23 @@ def build(
     turns: list[dict],
     instruction: str,
     max_prompt_tokens: int | None = None,
+    layout: str = PERSONA_FIRST,
 ) -> Prompt:
-    """The prompt for ``speaker``: persona and rules, the brief, the transcript, the instruction.
+    """The prompt for ``speaker`` in the given layout (see the module's docstring).
 
-    With ``max_prompt_tokens`` the oldest turns are left out (and the prompt says how many)
-    until the estimate fits; the brief, the rules and the instruction always stay.
+    With ``max_prompt_tokens`` the oldest turns are folded into a rolling summary until the
+    estimate fits; the brief, the rules, the persona and the instruction always stay.
     """
+    if layout == SHARED_FIRST:
+        return _build_shared(speaker, scenario, cast, turns, instruction, max_prompt_tokens)
     system = f"{speaker.prompt.strip()}\n\n{RULES}\nYou are {speaker.name}."
     brief = _brief(scenario, cast)
-    omitted = 0
+    summary, omitted = "", 0
     if max_prompt_tokens is not None:
-        # The note saying how many turns are left out takes under 100 characters.
-        fixed = len(system) + len(brief) + len(instruction) + 2 * TURN_OVERHEAD_CHARS + 100
-        kept = fit(turns, max_prompt_tokens * FIT_CHARS_PER_TOKEN - fixed)
-        omitted = len(turns) - len(kept)
-        turns = kept
-        if omitted:
-            brief += (
-                f"\n\n({omitted} earlier contribution{'s are' if omitted > 1 else ' is'} "
-                "left out here to fit the model's context.)"
-            )
+        fixed = len(system) + len(brief) + len(instruction) + 2 * TURN_OVERHEAD_CHARS
+        summary, turns, omitted = fold(turns, max_prompt_tokens * FIT_CHARS_PER_TOKEN - fixed, cast)
+        if summary:
+            brief += f"\n\n{summary}"
     messages: list[dict[str, str]] = [{"role": "user", "content": brief}]
     for turn in turns:
         if turn["speaker"] == speaker.id:
@@ -112,7 +182,38 @@ def build(
         messages[-1]["content"] += f"\n\n{instruction}"
     else:
         messages.append({"role": "user", "content": instruction})
-    return Prompt(system=system, messages=messages, omitted=omitted)
+    return Prompt(system=system, messages=messages, omitted=omitted, summary_chars=len(summary))
+
+
+def _build_shared(
+    speaker: Persona,
+    scenario: Scenario,
+    cast: dict[str, Persona],
+    turns: list[dict],
+    instruction: str,
+    max_prompt_tokens: int | None,
+) -> Prompt:
+    """Shared part first, word for word the same for every speaker; the speaker's own last."""
+    own = (
+        f"---\nNow it is your contribution. You are {speaker.name}.\n\n"
+        f"{speaker.prompt.strip()}\n\n{instruction}"
+    )
+    brief = _brief(scenario, cast)
+    summary, omitted = "", 0
+    if max_prompt_tokens is not None:
+        fixed = len(RULES) + len(brief) + len(own) + 2 * TURN_OVERHEAD_CHARS
+        summary, turns, omitted = fold(turns, max_prompt_tokens * FIT_CHARS_PER_TOKEN - fixed, cast)
+    parts = [brief]
+    if summary:
+        parts.append(summary)
+    if turns:
+        parts.append(
+            "The deliberation so far:\n\n"
+            + "\n\n".join(f"{_label(t, cast)} {t['text']}" for t in turns)
+        )
+    parts.append(own)
+    messages = [{"role": "user", "content": "\n\n".join(parts)}]
+    return Prompt(system=RULES, messages=messages, omitted=omitted, summary_chars=len(summary))
 
 
 def opening_instruction(moderator: Persona, scenario: Scenario) -> str:

@@ -64,6 +64,7 @@ class RunRequest:
     loop_options: dict[str, str] = field(default_factory=dict)  # --loop-option KEY=VALUE
     ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
     chat_format: str | None = None  # chat format for the embedded server (default: detected)
+    prompt_layout: str | None = None  # persona_first | shared_first; None: per endpoint
 
 
 def _key(record: dict) -> str:
@@ -97,6 +98,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
         "loop_options": dict(req.loop_options),
         "ctx": req.ctx,
         "chat_format": req.chat_format,
+        "prompt_layout": req.prompt_layout,
     }
 
 
@@ -118,6 +120,7 @@ def request_from_dict(data: dict[str, Any], archive: Path | None) -> RunRequest:
         loop_options=dict(data.get("loop_options") or {}),
         ctx=data.get("ctx") or DEFAULT_CTX,
         chat_format=data.get("chat_format"),
+        prompt_layout=data.get("prompt_layout"),
     )
 
 
@@ -297,6 +300,7 @@ class Run:
             seed=req.seed,
             stream=req.stream,
             loops=loop_config(scenario.loops, req.loops, req.loop_options),
+            prompt_layout=req.prompt_layout,
         )
         self.manifest = self._manifest_start(loaded_scenario, personas)
         return self.setup

@@ -10,7 +10,8 @@ is recorded in ``history``.
         server.fail(Fault(status=429, retry_after=0))
         ... point delib at server.base_url ...
 
-Run one by hand: ``python -m delib.testing --port 8089``.
+Run one by hand: ``python -m delib.testing --port 8089``. In another process, the chat
+requests it received are at ``GET /_fake/requests`` (``?clear`` forgets them).
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class FakeOpenAIServer:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # many speakers connecting at once (socketserver's default is 5)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that time out or go away mid-reply are part of the tests, not errors.
@@ -229,7 +231,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.history.append({"path": self.path, "method": "GET", "headers": self._headers()})
         if not self._authorised():
             return
-        if self.path.rstrip("/").endswith("/v1/models"):
+        if self.path.startswith("/_fake/requests"):
+            # For benchmarks that run the server in another process: the chat request bodies
+            # so far (and, with ?clear, forget them).
+            bodies = [h["body"] for h in self.fake.chat_requests()]
+            if "clear" in self.path:
+                self.fake.history.clear()
+            self._send_json(200, {"requests": bodies})
+        elif self.path.rstrip("/").endswith("/v1/models"):
             data = [
                 {"id": m, "object": "model", "owned_by": "delib-test"} for m in self.fake.models
             ]

@@ -78,7 +78,7 @@ def test_round_robin_complete_run(server: FakeOpenAIServer, tmp_path: Path):
 
 def test_speaker_prompts_alternate_from_their_own_point_of_view(tmp_path: Path):
     with FakeOpenAIServer(strict_alternation=True) as server:
-        result, _ = debate(server, tmp_path, rounds=2)
+        result, _ = debate(server, tmp_path, rounds=2, prompt_layout="persona_first")
         assert result.stop_reason is StopReason.completed
         second_round = [
             r for r in server.chat_requests() if "The Philosopher (final round" in last_user(r)
@@ -275,3 +275,41 @@ def test_system_message_fold_flag(server: FakeOpenAIServer, tmp_path: Path):
         assert "system" not in [m["role"] for m in messages]
     first = server.chat_requests()[0]["body"]["messages"][0]["content"]
     assert "societal-impacts research" in first  # the moderator's persona prompt, folded in
+
+
+def _rendered(body: dict) -> str:
+    """A request as a chat template would lay it out: the messages' text in order."""
+    return "\n".join(f"<{m['role']}>{m['content']}" for m in body["messages"])
+
+
+def test_shared_first_layout_keeps_each_prompt_a_prefix_of_the_next(tmp_path: Path):
+    """Local servers (here: on loopback) get the shared-first layout by default: every
+    speaker's prompt starts with the previous prompt's shared part, word for word, and ends
+    with its own persona and instruction."""
+    with FakeOpenAIServer(strict_alternation=True) as server:
+        result, _ = debate(server, tmp_path, rounds=2)
+        bodies = [r["body"] for r in server.chat_requests()]
+    assert result.stop_reason is StopReason.completed
+    manifest = read_manifest(result.folder)
+    assert manifest["endpoints"][0]["prompt_layout"] == "shared_first"
+    cast = {p["id"]: p["name"] for p in manifest["personas"]}
+    turns = turns_of(result.folder)
+    shared_lengths = []
+    for body, turn in zip(bodies, turns, strict=False):
+        text = _rendered(body)
+        own = text.index("---\nNow it is your contribution. You are ")
+        # The persona and instruction come last, and they are the speaker's.
+        assert f"You are {cast[turn['speaker']]}." in text[own:]
+        assert all(f"You are {n}." not in text[:own] for n in cast.values())
+        shared_lengths.append(own)
+    for before, after, n in zip(bodies, bodies[1:], shared_lengths, strict=False):
+        assert _rendered(after).startswith(_rendered(before)[:n])
+    assert shared_lengths == sorted(shared_lengths)  # the shared part only grows
+
+
+def test_persona_layout_can_be_chosen_for_a_local_server(tmp_path: Path):
+    with FakeOpenAIServer() as server:
+        result, _ = debate(server, tmp_path, rounds=1, prompt_layout="persona_first")
+        first = server.chat_requests()[1]["body"]
+    assert first["messages"][0]["role"] == "system"
+    assert "You are The Philosopher." in first["messages"][0]["content"]

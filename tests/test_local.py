@@ -403,3 +403,48 @@ def test_local_serve_shares_one_server(isolated: Path):
         if proc.poll() is None:
             proc.kill()
     assert gone(server_pids() - before)
+
+
+def test_a_long_debate_in_a_small_context_folds_into_a_rolling_summary(
+    cli, server: FakeOpenAIServer, isolated: Path
+) -> None:
+    """61 turns against a 2048-token endpoint: every prompt fits beside its reply, the oldest
+    turns are folded into a summary that keeps each speaker's latest position, and what the
+    summary costs is recorded on the turn."""
+    from delib.prompts import FOLD_STEP, _gist
+
+    (isolated / "delib.toml").write_text(
+        f'[endpoints.small]\nbase_url = "{server.base_url}"\ncontext_tokens = 2048\n'
+        "max_tokens = 60\n"
+    )
+    code, out, err = cli("run", "alignment-difficulty", "--endpoint", "small", "--rounds", "15",
+                         "--token-budget", "10000000", "--json")  # fmt: skip
+    assert code == 0, err
+    folder = Path(json.loads(out)["folder"])
+    records = [json.loads(line) for line in (folder / "turns.jsonl").read_text().splitlines()]
+    turns = [r for r in records if r["type"] == "turn"]
+    assert len(turns) == 61 and json.loads(out)["stop_reason"] == "completed"
+    requests = [r["body"] for r in server.chat_requests()]
+    assert len(requests) == 61
+    for body in requests:
+        chars = sum(len(m["content"]) for m in body["messages"])
+        assert chars <= (2048 - body["max_tokens"] - 64) * 3
+        assert body["max_tokens"] == 60 or "verdict" in json.dumps(body).lower()
+    folded = [t for t in turns if t.get("omitted_turns")]
+    assert len(folded) > 30
+    assert all(t["summary_tokens"] > 0 for t in folded)
+    # Turns fold FOLD_STEP at a time; only the verdict, with its long reply reserved, may have
+    # to fold all but the last turn.
+    assert all(t["omitted_turns"] % FOLD_STEP == 0 for t in folded if t["kind"] != "verdict")
+    # The summary in turn 59's prompt keeps each speaker's latest position among the folded.
+    turn = turns[59]
+    n = turn["omitted_turns"]
+    prompt = json.dumps(requests[59]["messages"], ensure_ascii=False)
+    assert f"Summary of the first {n} contributions" in prompt
+    latest = {t["speaker"]: t for t in turns[:n]}
+    assert len(latest) == 4
+    for earlier in latest.values():
+        assert json.dumps(_gist(earlier["text"]), ensure_ascii=False)[1:-1] in prompt
+    # Folding moves in steps, so most prompts share the previous one's start.
+    steps = {t["omitted_turns"] for t in folded}
+    assert len(steps) < len(folded) / 2
