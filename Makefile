@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test lint format browser
+.PHONY: install test lint format browser bench
 
 install:
 	$(PYTHON) -m pip install -e ".[local]"
@@ -21,10 +21,15 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
 	fi
 
+# Every benchmark; writes docs/benchmarks.md (about 15 minutes; see bench/run_all.py).
+bench:
+	$(PYTHON) -m pip install -e ".[test,local]"
+	$(PYTHON) -m bench.run_all
+
 lint:
-	$(PYTHON) -m ruff check delib tests
-	$(PYTHON) -m ruff format --check delib tests
+	$(PYTHON) -m ruff check delib tests bench
+	$(PYTHON) -m ruff format --check delib tests bench
 
 format:
-	$(PYTHON) -m ruff format delib tests
-	$(PYTHON) -m ruff check --fix delib tests
+	$(PYTHON) -m ruff format delib tests bench
+	$(PYTHON) -m ruff check --fix delib tests bench

@@ -19,8 +19,7 @@ from delib.refusal import classify
 from delib.testing import debate_responder
 
 
-def main() -> None:
-    turns_wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+def time_detectors(turns_wanted: int) -> dict:
     rng = random.Random(7)
     speakers = ["philosopher", "oversight", "interpretability", "value-learning-skeptic"]
     turns: list[dict] = []
@@ -28,7 +27,9 @@ def main() -> None:
     config = LoopConfig()
     for i in range(turns_wanted):
         who = speakers[i % len(speakers)]
-        prompt = {"messages": [{"role": "user", "content": f"It is your turn, {who} {rng.random()}"}]}
+        prompt = {
+            "messages": [{"role": "user", "content": f"It is your turn, {who} {rng.random()}"}]
+        }
         text = debate_responder(prompt) * rng.randint(1, 4)
         started = time.perf_counter()
         record = {"index": i, "speaker": who, "text": text, "role": "participant"}
@@ -37,10 +38,24 @@ def main() -> None:
         detect(turns, config)
         times.append((time.perf_counter() - started) * 1000)
     tail = times[-50:]
+    return {
+        "turns": turns_wanted,
+        "mean_ms_per_turn": round(statistics.mean(times), 3),
+        "last_50_mean_ms": round(statistics.mean(tail), 3),
+        "p95_ms": round(sorted(times)[int(0.95 * len(times))], 3),
+    }
+
+
+def measure(tiny: bool = False) -> list[dict]:
+    return [time_detectors(n) for n in ((20,) if tiny else (50, 200, 1000))]
+
+
+def main() -> None:
+    turns_wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    row = time_detectors(turns_wanted)
     print(
-        f"{turns_wanted} turns: mean {statistics.mean(times):.3f} ms/turn, "
-        f"last 50 turns mean {statistics.mean(tail):.3f} ms, "
-        f"p95 {sorted(times)[int(0.95 * len(times))]:.3f} ms"
+        f"{row['turns']} turns: mean {row['mean_ms_per_turn']:.3f} ms/turn, "
+        f"last 50 turns mean {row['last_50_mean_ms']:.3f} ms, p95 {row['p95_ms']:.3f} ms"
     )
 
 

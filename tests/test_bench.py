@@ -1,0 +1,38 @@
+"""The benchmark command runs, in a tiny configuration (its figures are not checked: they
+are measurements, not pass/fail)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_in_a_tiny_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DELIB_CONFIG_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--tiny", "-o", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    for heading in ("Orchestration overhead", "Parallel rounds", "Memory and scale", "cpu:"):
+        assert heading in text
+    if os.environ.get("DELIB_REQUIRE_EMBEDDED"):
+        assert "Prompt layout for prefix caching" in text and "Bounded context" in text
+    # Every table has rows of numbers.
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) >= 5
+    assert (
+        not (ROOT / "docs" / "benchmarks.md").exists()
+        or "Tiny" not in (ROOT / "docs" / "benchmarks.md").read_text()
+    )
