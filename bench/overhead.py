@@ -97,11 +97,100 @@ async def measure(tiny: bool = False) -> list[dict]:
     return rows
 
 
+PARTS = ("inflight", "checkpoints", "index", "fsync", "loops")
+
+
+def switch_off(parts: set[str]) -> None:
+    """Replace parts of delib's archiving with no-ops, to see what each costs (never in a
+    real run: these are what make a run resumable and searchable)."""
+    from contextlib import asynccontextmanager
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    import delib.archive as archive
+    import delib.graph as graph
+    import delib.run as run
+    from delib.refusal import Classification
+
+    if "inflight" in parts:
+        for name in ("inflight_start", "inflight_text", "inflight_done"):
+            setattr(archive.RunFolder, name, lambda *a: None)
+    if "checkpoints" in parts:
+
+        class Memory:
+            @staticmethod
+            @asynccontextmanager
+            async def from_conn_string(path):
+                yield InMemorySaver()
+
+        run.AsyncSqliteSaver = Memory
+    if "index" in parts:
+        run.Run._open_index = lambda self: setattr(self, "index", None)
+    if "fsync" in parts:
+        archive.os.fsync = lambda fd: None
+    if "loops" in parts:
+        graph.detect = lambda turns, config: []
+        graph.classify = lambda text: Classification("engaged", 0.0)
+
+
+async def parts_cost(repeats: int = 3) -> list[dict]:
+    """CPU per turn of a 41-turn debate at zero latency with parts switched off, one set per
+    fresh process (``--off``), side by side."""
+    import subprocess
+    import sys
+
+    rows = []
+    for off in ("", "inflight", "checkpoints", "index", "fsync", "loops", ",".join(PARTS)):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.overhead",
+                "--off",
+                off or "none",
+                "--repeats",
+                str(repeats),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows.append(json.loads(out))
+    return rows
+
+
+async def one_setting(off: str, repeats: int) -> dict:
+    parts = set() if off == "none" else set(off.split(","))
+    switch_off(parts)
+    with fake_server() as base_url:
+        await delib_once(base_url, 1, True)  # warm up
+        cpus, walls = [], []
+        for _ in range(repeats):
+            watch, turns, _ = await delib_once(base_url, 10, True)
+            cpus.append(watch.cpu / turns * 1000)
+            walls.append(watch.wall / turns * 1000)
+    return {
+        "switched_off": off,
+        "cpu_ms_per_turn": round(median(cpus), 2),
+        "wall_ms_per_turn": round(median(walls), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="one short run (for the tests)")
+    parser.add_argument(
+        "--parts", action="store_true", help="what each part of archiving costs per turn"
+    )
+    parser.add_argument("--off", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.tiny)), indent=2))
+    if args.off:
+        print(json.dumps(asyncio.run(one_setting(args.off, args.repeats))))
+    elif args.parts:
+        print(json.dumps(asyncio.run(parts_cost(args.repeats)), indent=2))
+    else:
+        print(json.dumps(asyncio.run(measure(args.tiny)), indent=2))
 
 
 if __name__ == "__main__":
