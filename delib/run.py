@@ -19,6 +19,7 @@ from langgraph.errors import GraphRecursionError
 from pydantic import ValidationError
 
 from delib.archive import (
+    CHECKPOINT_FILE,
     RunFolder,
     archive_dir,
     find_run,
@@ -143,7 +144,7 @@ def resume_request(
         )
     if is_locked(folder):
         raise InputError(f"run {run_id} is still running in another process")
-    if not manifest.get("request") or not (folder / "checkpoints.sqlite").exists():
+    if not manifest.get("request") or not (folder / CHECKPOINT_FILE).exists():
         raise InputError(
             f"run {run_id} has no checkpoints (it was made by an older delib); it cannot be resumed"
         )
