@@ -254,11 +254,17 @@ def read_manifest(folder: Path) -> dict:
         raise InputError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
 
 
-def run_folders(archive: Path) -> list[Path]:
-    if not archive.exists():
+def require_archive(archive: Path) -> Path:
+    """``archive`` if it is a folder; otherwise an error saying how to point at one."""
+    if not archive.is_dir():
         raise InputError(
             f"archive folder {archive} does not exist; pass --archive DIR or set {ARCHIVE_ENV}"
         )
+    return archive
+
+
+def run_folders(archive: Path) -> list[Path]:
+    require_archive(archive)
     return sorted(
         (p for p in archive.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()),
         key=lambda p: p.name,

@@ -24,13 +24,12 @@ from rich.table import Table
 
 from delib import __version__
 from delib.archive import (
-    ARCHIVE_ENV,
     archive_dir,
     find_run,
     is_locked,
     read_manifest,
     read_records,
-    run_folders,
+    require_archive,
 )
 from delib.config import (
     CLI_ENDPOINT,
@@ -231,10 +230,7 @@ def run(
     With no endpoint given by flag, delib.toml, persona, scenario or OPENAI_BASE_URL, delib
     starts its bundled small local model (the 'local' extra) for the run and stops it after.
     """
-    if gguf and (base_url or endpoint):
-        raise InputError(
-            "--gguf serves a local file: it cannot be combined with --base-url or --endpoint"
-        )
+    _one_endpoint_flag(gguf, base_url, endpoint)
     request = RunRequest(
         scenario=scenario,
         overrides=Overrides(
@@ -304,6 +300,13 @@ def _execute(debate: Run, as_json: bool, resume: Path | None = None) -> None:
         raise typer.Exit(EXIT_ERROR)
 
 
+def _one_endpoint_flag(gguf: Path | None, base_url: str | None, endpoint: str | None) -> None:
+    if gguf and (base_url or endpoint):
+        raise InputError(
+            "--gguf serves a local file: it cannot be combined with --base-url or --endpoint"
+        )
+
+
 async def _run(debate: Run, view: LiveView, console: Console, resume: Path | None = None):
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -359,10 +362,7 @@ def resume(
     unless another is given. Turns cut off mid-reply are spoken again (and the discard is
     recorded); a finished run cannot be resumed.
     """
-    if gguf and (base_url or endpoint):
-        raise InputError(
-            "--gguf serves a local file: it cannot be combined with --base-url or --endpoint"
-        )
+    _one_endpoint_flag(gguf, base_url, endpoint)
     changes = {
         "base_url": base_url,
         "model": model,
@@ -630,12 +630,7 @@ def scenarios_show(
 # --- transcripts ------------------------------------------------------------------------------
 def _open_index(archive: Path | None) -> Index:
     """The archive's index, brought up to date with the run folders."""
-    path = archive_dir(archive)
-    if not path.is_dir():
-        raise InputError(
-            f"archive folder {path} does not exist; pass --archive DIR or set {ARCHIVE_ENV}"
-        )
-    index = Index.open(path)
+    index = Index.open(require_archive(archive_dir(archive)))
     for problem in index.sync():
         err.print(f"[yellow]warning:[/yellow] skipped {escape(problem)}", soft_wrap=True)
     return index
@@ -866,8 +861,7 @@ def transcripts_delete(
 @transcripts_app.command("reindex")
 def transcripts_reindex(archive: ArchiveOpt = None) -> None:
     """Rebuild the archive's search index from the run folders alone."""
-    path = archive_dir(archive)
-    run_folders(path)  # a clear error if the folder does not exist
+    path = require_archive(archive_dir(archive))
     with Index.open(path) as index:
         count, problems = index.rebuild()
     for problem in problems:
