@@ -23,7 +23,7 @@ import yaml
 from bench.common import ROOT, median, temp_archive
 from delib.config import Overrides
 from delib.loops import LoopMode
-from delib.run import Run, RunRequest
+from delib.runner import Run, RunRequest
 
 HIT = re.compile(r"(\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
 EVAL = re.compile(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens")
@@ -74,12 +74,12 @@ async def debate(layout: str, rounds: int, max_tokens: int, ctx: int) -> tuple[l
     )
     run = Run(request)
     rows: list[dict] = []
+    log = LogReader(run)
     try:
-        await run.prepare()
-        log = LogReader(run)
-        log.take()  # start-up lines
 
         def on_chunk(chunk: dict) -> None:
+            if chunk["kind"] == "ready":
+                log.take()  # start-up lines
             if chunk["kind"] != "turn":
                 return
             turn = chunk["turn"]
@@ -102,10 +102,12 @@ async def debate(layout: str, rounds: int, max_tokens: int, ctx: int) -> tuple[l
                 }
             )
 
-        result = await run.execute(on_chunk)
+        async for message in run.stream():
+            on_chunk(message)
     finally:
-        await run.close()
-    return rows, result.summary()
+        await run.aclose()
+    assert run.result is not None
+    return rows, run.result.summary()
 
 
 def _speaks_as_other(row: dict, names: dict[str, str]) -> bool:
@@ -163,7 +165,7 @@ async def bounded(tiny: bool) -> dict:
         "turns": len(rows),
         "rows": rows,
         "max_prompt_tokens": max(r["prompt_tokens"] for r in rows),
-        "limit": ctx - max_tokens - 64,  # graph.CONTEXT_MARGIN
+        "limit": ctx - max_tokens - 64,  # routing.CONTEXT_MARGIN
         "summary_tokens_total": sum(r["summary_tokens"] for r in rows),
         "prompt_tokens_total": sum(r["prompt_tokens"] for r in rows),
     }

@@ -16,7 +16,7 @@ import sys
 
 from bench.common import ROOT, fake_server, temp_archive
 from delib.config import Overrides
-from delib.run import RunRequest, run_debate
+from delib.runner import RunRequest, run_debate
 
 
 def _rss_mib() -> float:

@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 
 from bench.common import Stopwatch, fake_server, median, server_requests, temp_archive
 from delib.config import Overrides
-from delib.run import Run, RunRequest
+from delib.runner import Run, RunRequest
 
 SCENARIO = "alignment-difficulty"  # moderator + 3 participants: 4 turns a round after the first
 
@@ -33,14 +33,17 @@ async def delib_once(base_url: str, rounds: int, stream: bool) -> tuple[Stopwatc
         stream=stream,
     )
     run = Run(request)
+    watch = Stopwatch()
     try:
-        await run.prepare()
-        server_requests(base_url, clear=True)  # only the debate's own requests
-        with Stopwatch() as watch:
-            result = await run.execute()
+        async for message in run.stream():
+            if message["kind"] == "ready":  # prepared: files read, endpoint and model checked
+                server_requests(base_url, clear=True)  # only the debate's own requests
+                watch.__enter__()
+        watch.__exit__()
     finally:
-        await run.close()
-    return watch, result.turns, server_requests(base_url, clear=True)
+        await run.aclose()
+    assert run.result is not None
+    return watch, len(run.result.turns), server_requests(base_url, clear=True)
 
 
 async def bare_once(base_url: str, bodies: list[dict]) -> Stopwatch:
@@ -108,8 +111,10 @@ def switch_off(parts: set[str]) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
 
     import delib.archive as archive
-    import delib.graph as graph
-    import delib.run as run
+    import delib.nodes as nodes
+    import delib.record as record
+    import delib.runner as runner
+    import delib.speaking as speaking
     from delib.refusal import Classification
 
     if "inflight" in parts:
@@ -123,14 +128,14 @@ def switch_off(parts: set[str]) -> None:
             async def from_conn_string(path):
                 yield InMemorySaver()
 
-        run.AsyncSqliteSaver = Memory
+        runner.AsyncSqliteSaver = Memory
     if "index" in parts:
-        run.Run._open_index = lambda self: setattr(self, "index", None)
+        record.Index.open = classmethod(lambda cls, archive: None)
     if "fsync" in parts:
-        archive.os.fsync = lambda fd: None
+        archive.FSYNC_EACH_RECORD = False
     if "loops" in parts:
-        graph.detect = lambda turns, config: []
-        graph.classify = lambda text: Classification("engaged", 0.0)
+        nodes.detect = lambda turns, config: []
+        speaking.classify = lambda text: Classification("engaged", 0.0)
 
 
 async def parts_cost(repeats: int = 3) -> list[dict]:
@@ -140,7 +145,7 @@ async def parts_cost(repeats: int = 3) -> list[dict]:
     import sys
 
     rows = []
-    for off in ("", "inflight", "checkpoints", "index", "fsync", "loops", ",".join(PARTS)):
+    for off in ("", *PARTS[:-1], ",".join(PARTS[:-1])):
         out = subprocess.run(
             [
                 sys.executable,

@@ -24,7 +24,7 @@ import yaml
 from bench.common import fake_server, median, temp_archive
 from delib.archive import read_records
 from delib.config import Overrides
-from delib.run import RunRequest, run_debate
+from delib.runner import RunRequest, run_debate
 from delib.scenarios import Protocol
 
 BASE_PERSONA = {

@@ -1,4 +1,11 @@
-"""delib: multi-agent deliberation with archived, honest transcripts."""
+"""delib: multi-agent deliberation with archived, honest transcripts.
+
+    import delib
+    result = delib.run("alignment-difficulty", base_url="http://localhost:8080/v1", rounds=1)
+    print(result.stop_reason, result.verdict)
+
+``arun``/``aresume`` are the same for code with an event loop (``await delib.arun(...)``).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,44 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+source"
 
+from delib.config import Overrides  # noqa: E402
 from delib.errors import DelibError  # noqa: E402
-from delib.graph import StopReason  # noqa: E402
-from delib.run import RunRequest, RunResult, run_debate  # noqa: E402
+from delib.loops import LoopConfig, LoopMode  # noqa: E402
+from delib.personas import Persona  # noqa: E402
+from delib.prepare import RunRequest  # noqa: E402
+from delib.runner import (  # noqa: E402
+    Run,
+    RunFailed,
+    RunResult,
+    aresume,
+    arun,
+    make_request,
+    resume,
+    run,
+    run_debate,
+)
+from delib.scenarios import Limits, Protocol, Scenario  # noqa: E402
+from delib.state import StopReason  # noqa: E402
 
-__all__ = ["DelibError", "RunRequest", "RunResult", "StopReason", "__version__", "run_debate"]
+__all__ = [
+    "DelibError",
+    "Limits",
+    "LoopConfig",
+    "LoopMode",
+    "Overrides",
+    "Persona",
+    "Protocol",
+    "Run",
+    "RunFailed",
+    "RunRequest",
+    "RunResult",
+    "Scenario",
+    "StopReason",
+    "__version__",
+    "aresume",
+    "arun",
+    "make_request",
+    "resume",
+    "run",
+    "run_debate",
+]

@@ -35,6 +35,12 @@ TRANSCRIPT_FILE = "transcript.md"
 CHECKPOINT_FILE = "checkpoints.sqlite"
 INFLIGHT_DIR = "inflight"
 LOCK_FILE = "lock"
+# Whether every record is fsynced as it is appended. A flushed line already survives the
+# process being killed (kill -9 included); fsync adds survival of a machine crash or power cut,
+# at about a millisecond a turn. Runs fsync at their end either way.
+FSYNC_EACH_RECORD = True
+# Runs that ended on their own; only the others (killed, interrupted, failed) can be resumed.
+FINISHED = ("completed", "max_rounds", "token_budget", "deadlock")
 
 
 def archive_dir(flag: Path | None) -> Path:
@@ -160,12 +166,20 @@ class RunFolder:
         return sorted(found, key=lambda e: e.get("index", -1))
 
     def append(self, record: dict) -> None:
-        """Add one turn or event line; it is on disk when this returns."""
+        """Add one turn or event line. It is with the operating system when this returns, so
+        killing the process loses nothing; with ``FSYNC_EACH_RECORD`` it is on the disk too."""
         if self._turns is None:
             self._turns = open(self.path / TURNS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._turns.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._turns.flush()
-        os.fsync(self._turns.fileno())
+        if FSYNC_EACH_RECORD:
+            os.fsync(self._turns.fileno())
+
+    def sync(self) -> None:
+        """Put what was appended on the disk (end of a run)."""
+        if self._turns is not None:
+            self._turns.flush()
+            os.fsync(self._turns.fileno())
 
     def write_manifest(self, manifest: dict) -> None:
         _atomic_write(self.path / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False))

@@ -41,16 +41,18 @@ from delib.config import (
     parse_pairs,
     parse_persona_models,
 )
-from delib.errors import DelibError, InputError
+from delib.errors import DelibError, InputError, SettingError
 from delib.export import diff, export
 from delib.index import HIT_END, HIT_START, Index
 from delib.local import DEFAULT_CTX, LocalServer, extra_installed, model_for
 from delib.loops import LoopMode
 from delib.personas import persona_library
+from delib.prepare import RunRequest
 from delib.probe import check_endpoint
 from delib.refusal import evaluate, read_labelled
 from delib.render import LiveView, markdown, verdict_lines
-from delib.run import Run, RunRequest, resume_request
+from delib.resume import resume_request
+from delib.runner import Run, RunResult
 from delib.scenarios import Protocol, scenario_library
 
 app = typer.Typer(
@@ -261,14 +263,28 @@ def run(
     _execute(Run(request), as_json)
 
 
-def _execute(debate: Run, as_json: bool, resume: Path | None = None) -> None:
-    """Run (or resume) a prepared request with the live view; report like 'delib run'."""
+# How the CLI words a run setting that the library names in an error (SettingError.setting).
+SETTING_FLAGS = {
+    "loop_options": "--loop-option",
+    "persona_models": "--persona-model",
+    "rounds": "--rounds",
+}
+
+
+def _error_line(exc: DelibError) -> str:
+    if isinstance(exc, SettingError) and exc.setting in SETTING_FLAGS:
+        return f"{SETTING_FLAGS[exc.setting]} {exc.key}: {exc.reason}"
+    return str(exc)
+
+
+def _execute(debate: Run, as_json: bool) -> None:
+    """Run (or resume) a request with the live view; report like 'delib run'."""
     view_console = err if as_json else out
     view = LiveView(view_console, stream=debate.request.stream)
     try:
-        result = asyncio.run(_run(debate, view, view_console, resume))
+        result = asyncio.run(_run(debate, view, view_console))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        where = f" in {debate.folder.path}" if debate.folder else ""
+        where = f" in {escape(str(debate.folder))}" if debate.folder else ""
         err.print(
             f"[yellow]interrupted[/yellow]; finished turns are kept{where}; "
             "'delib resume RUN' goes on from there",
@@ -278,22 +294,27 @@ def _execute(debate: Run, as_json: bool, resume: Path | None = None) -> None:
     if as_json:
         print(json.dumps(result.summary()))
     else:
-        manifest = read_manifest(result.folder)
-        if manifest.get("verdict"):
+        if result.verdict:
             out.print()
-            out.print(Markdown("\n".join(verdict_lines(manifest))))
+            out.print(Markdown("\n".join(verdict_lines(result.manifest))))
         style = "green" if result.stop_reason.value in ("completed", "max_rounds") else "yellow"
+        tokens = result.tokens
         out.print()
         out.print(
-            f"[{style}]stop reason: {result.stop_reason.value}[/{style}] · {result.turns} turns · "
-            f"{result.tokens['total']} tokens"
-            f"{' (estimated)' if result.tokens['estimated'] else ''} · {result.folder}",
+            f"[{style}]stop reason: {result.stop_reason.value}[/{style}] · {len(result.turns)} "
+            f"turns · {tokens.get('total', 0)} tokens"
+            f"{' (estimated)' if tokens.get('estimated') else ''} · {escape(str(result.folder))}",
             soft_wrap=True,
         )
-    if result.error:
-        err.print(f"[red]error:[/red] {escape(result.error)}", highlight=False, soft_wrap=True)
+    if result.error is not None or result.error_message:
+        line = _error_line(result.error) if isinstance(result.error, DelibError) else None
         err.print(
-            f"[dim]finished turns are kept in {result.folder}; "
+            f"[red]error:[/red] {escape(line or result.error_message or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        err.print(
+            f"[dim]finished turns are kept in {escape(str(result.folder))}; "
             f"'delib resume {result.run_id}' goes on from there[/dim]",
             soft_wrap=True,
         )
@@ -307,27 +328,49 @@ def _one_endpoint_flag(gguf: Path | None, base_url: str | None, endpoint: str | 
         )
 
 
-async def _run(debate: Run, view: LiveView, console: Console, resume: Path | None = None):
+def _ready(console: Console, message: dict) -> None:
+    ctx = message["context"]
+    if message["local"]:
+        _say_local(console, message["local"])
+    models = sorted({f"{s.model} @ {s.endpoint.name}" for s in ctx.speakers.values()})
+    if message["resume"] is not None:
+        console.print(f"[cyan]resuming[/cyan] {escape(message['resume'].name)}", soft_wrap=True)
+    console.print(
+        f"[bold]{escape(ctx.scenario.title)}[/bold]  [dim]{ctx.protocol.value}, "
+        f"{ctx.rounds} round{'s' if ctx.rounds > 1 else ''}, {escape(', '.join(models))}[/dim]"
+    )
+
+
+async def _run(debate: Run, view: LiveView, console: Console) -> RunResult:
+    """Consume the run's messages: notices while preparing (on the status line), then the
+    debate in the live view."""
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    status = console.status("checking endpoints and models…")
+    status.start()
     try:
-        with console.status("checking endpoints and models…") as status:
-            setup = await debate.prepare(status.update)
-        if debate.local:
-            _say_local(console, debate.local)
-        models = sorted({f"{s.model} @ {s.endpoint.name}" for s in setup.speakers.values()})
-        if resume is not None:
-            console.print(f"[cyan]resuming[/cyan] {resume.name}", soft_wrap=True)
-        console.print(
-            f"[bold]{setup.scenario.title}[/bold]  [dim]{setup.protocol.value}, "
-            f"{setup.rounds} round{'s' if setup.rounds > 1 else ''}, {', '.join(models)}[/dim]"
-        )
-        return await debate.execute(view.handle, resume=resume)
+        async for message in debate.stream():
+            kind = message["kind"]
+            if kind == "notice":
+                if status is not None:
+                    status.update(escape(message["text"]))
+                else:
+                    err.print(f"[yellow]note:[/yellow] {escape(message['text'])}", soft_wrap=True)
+            elif kind == "ready":
+                status.stop()
+                status = None
+                _ready(console, message)
+            elif kind != "result":
+                view.handle(message)
     finally:
+        if status is not None:
+            status.stop()
         loop.remove_signal_handler(signal.SIGTERM)
-        await debate.close()
+        await debate.aclose()
+    assert debate.result is not None
+    return debate.result
 
 
 @app.command()
@@ -374,7 +417,7 @@ def resume(
         "chat_format": chat_format,
     }
     request, folder = resume_request(archive, run_id, changes)
-    _execute(Run(request), as_json, resume=folder)
+    _execute(Run(request, resume=folder), as_json)
 
 
 def _say_local(console: Console, server: LocalServer) -> None:
@@ -883,7 +926,7 @@ def main() -> None:
     except DelibError as exc:
         if DEBUG["on"]:
             raise
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(_error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         err.print("[yellow]interrupted[/yellow]; finished turns are kept in the run folder")

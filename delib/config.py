@@ -270,12 +270,14 @@ def _api_key(name: str, env_var: str | None, fallback_env: str | None) -> tuple[
 class Resolver:
     """Chooses endpoint, model and generation settings for each persona of a run."""
 
-    def __init__(self, config: Config, overrides: Overrides) -> None:
+    def __init__(
+        self, config: Config, overrides: Overrides, embedded: Endpoint | None = None
+    ) -> None:
         self.config = config
         self.overrides = overrides
         self._cache: dict[str, Endpoint] = {}
-        # Set once the embedded server runs (see Run.prepare); until then it cannot be used.
-        self.embedded: Endpoint | None = None
+        # The embedded server's endpoint, once it runs (see prepare); until then none.
+        self.embedded = embedded
 
     def named(self, name: str, wanted_by: str) -> Endpoint | None:
         if name not in self._cache:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -162,15 +163,22 @@ def _retry_after(exc: BaseException) -> float | None:
 class EndpointClient:
     """Talks to one endpoint; shared by every persona that uses it in a run."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(
+        self, endpoint: Endpoint, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         cfg = endpoint.config
         self.endpoint = endpoint
+        timeout = openai.Timeout(cfg.timeout, connect=cfg.connect_timeout)
         self.client = AsyncOpenAI(
             base_url=cfg.base_url,
             api_key=endpoint.api_key,
             max_retries=0,
-            timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+            timeout=timeout,
             default_headers=dict(cfg.headers) or None,
+            # An in-process transport (delib.testing.FakeTransport) answers without a socket.
+            http_client=httpx.AsyncClient(transport=transport, timeout=timeout)
+            if transport
+            else None,
         )
         self.fold_system = cfg.system_message == "fold"
         self.stream_usage = True
@@ -412,10 +420,11 @@ class Clients:
     """One EndpointClient per endpoint name, shared by the personas of a run."""
 
     by_name: dict[str, EndpointClient] = field(default_factory=dict)
+    transport: httpx.AsyncBaseTransport | None = None  # in-process, for tests; None: HTTP
 
     def get(self, endpoint: Endpoint) -> EndpointClient:
         if endpoint.name not in self.by_name:
-            self.by_name[endpoint.name] = EndpointClient(endpoint)
+            self.by_name[endpoint.name] = EndpointClient(endpoint, self.transport)
         return self.by_name[endpoint.name]
 
     def adaptations(self) -> list[Adaptation]:

@@ -6,6 +6,7 @@ library raises them; only the CLI prints them, as one line.
     DelibError
     ├── InputError                 a file or flag the user wrote is wrong
     │   ├── FileFormatError        YAML/TOML syntax error or a bad field (file, field, reason)
+    │   ├── SettingError           a run setting given by flag or in code (setting, key, reason)
     │   └── UnknownIdError         no persona / scenario / endpoint / run with that id
     └── EndpointError              talking to a model server went wrong
         ├── EndpointUnreachable    connection refused, DNS, timeouts after retries
@@ -35,6 +36,17 @@ class FileFormatError(InputError):
         self.reason = reason
         where = f"{path}: field '{field}'" if field else path
         super().__init__(f"{where}: {reason}")
+
+
+class SettingError(InputError):
+    """A run setting is wrong. ``setting`` is its name in ``RunRequest`` (e.g. ``loop_options``),
+    so the CLI can word it as the flag that set it."""
+
+    def __init__(self, setting: str, key: str, reason: str) -> None:
+        self.setting = setting
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{setting} {key}: {reason}")
 
 
 class UnknownIdError(InputError, KeyError):

@@ -25,6 +25,7 @@ import re
 
 from delib.endpoints import Prompt
 from delib.personas import Persona
+from delib.records import CHARS_PER_TOKEN
 from delib.scenarios import Scenario
 
 # Markers the test server's default responder keys on; stable wording, part of the protocol.
@@ -34,7 +35,7 @@ VERDICT_MARKER = "Write the closing verdict"
 
 # Characters per token assumed when fitting a prompt into a context: fewer than the usual four,
 # so that the estimate errs on the short side for tokenizers that split English finely.
-FIT_CHARS_PER_TOKEN = 3
+FIT_CHARS_PER_TOKEN = CHARS_PER_TOKEN  # the one estimate (delib.records)
 # Characters a message's label and separators add, per transcript turn.
 TURN_OVERHEAD_CHARS = 40
 

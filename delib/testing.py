@@ -17,6 +17,7 @@ requests it received are at ``GET /_fake/requests`` (``?clear`` forgets them).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import re
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
 
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 
@@ -189,6 +192,137 @@ class FakeOpenAIServer:
         return None
 
 
+@dataclass
+class Answer:
+    """One response of the fake: a JSON body, or server-sent events streamed one by one."""
+
+    status: int = 200
+    body: dict | None = None
+    events: list[bytes] | None = None  # SSE lines, for a streamed reply
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before the first byte
+    chunk_delay: float = 0.0  # between events
+
+    def content_type(self) -> str:
+        return "text/event-stream" if self.events is not None else "application/json"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"error": {"message": message, "type": "error"}}, headers=headers or {})
+
+
+def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: bytes) -> Answer:
+    """What the fake says to one request; shared by the HTTP server and ``FakeTransport``."""
+    headers = {key.lower(): value for key, value in headers.items()}
+    if method == "GET":
+        fake.history.append({"path": path, "method": "GET", "headers": headers})
+    else:
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return _error(400, "body is not JSON")
+        fake.history.append({"path": path, "method": "POST", "body": body, "headers": headers})
+    wanted = fake.require_api_key
+    if wanted and headers.get("authorization") != f"Bearer {wanted}":
+        return _error(401, "Incorrect API key provided")
+    if method == "GET":
+        if path.startswith("/_fake/requests"):
+            # For benchmarks that run the server in another process: the chat request bodies
+            # so far (and, with ?clear, forget them).
+            bodies = [h["body"] for h in fake.chat_requests()]
+            if "clear" in path:
+                fake.history.clear()
+            return Answer(200, {"requests": bodies})
+        if path.rstrip("/").endswith("/v1/models"):
+            data = [{"id": m, "object": "model", "owned_by": "delib-test"} for m in fake.models]
+            return Answer(200, {"object": "list", "data": data})
+        return _error(404, f"no route {path}")
+    if not path.rstrip("/").endswith("/v1/chat/completions"):
+        return _error(404, f"no route {path}")
+    model = body.get("model")
+    if model not in fake.models:
+        return _error(404, f"The model '{model}' does not exist")
+    template_error = fake._template_error(body.get("messages", []))
+    if template_error:
+        return _error(400, template_error)
+    if body.get("stream") and body.get("stream_options") and fake.reject_stream_options:
+        return _error(400, "Unrecognized request argument supplied: stream_options")
+    fault, reply = fake._next()
+    if fault is not None:
+        extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+        return _error(fault.status, fault.message, extra)
+    if reply is None:
+        try:
+            reply = fake.responder(body)
+        except Exception as exc:  # a broken script should fail loudly, not hang a test
+            return _error(500, f"responder failed: {type(exc).__name__}: {exc}")
+    seen = [m for m in body["messages"] if not (fake.drop_system and m.get("role") == "system")]
+    prompt_tokens = sum(len(str(m.get("content", ""))) for m in seen) // 4 + 1
+    max_tokens = body.get("max_tokens")
+    words = reply.split(" ")
+    if max_tokens is not None and len(words) > max_tokens:
+        reply, finish = " ".join(words[:max_tokens]), "length"
+    else:
+        finish = "stop"
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(reply.split()),
+        "total_tokens": prompt_tokens + len(reply.split()),
+    }
+    if body.get("stream"):
+        return Answer(
+            200,
+            events=_events(fake, body, model, reply, finish, usage),
+            headers={"Cache-Control": "no-cache"},
+            delay=fake.delay,
+            chunk_delay=fake.chunk_delay,
+        )
+    response = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "finish_reason": finish,
+            }
+        ],
+    }
+    if fake.usage:
+        response["usage"] = usage
+    return Answer(200, response, delay=fake.delay)
+
+
+def _events(
+    fake: FakeOpenAIServer, body: dict, model: str, reply: str, finish: str, usage: dict
+) -> list[bytes]:
+    def event(choices: list[dict], extra: dict | None = None) -> bytes:
+        chunk = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            **(extra or {}),
+        }
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    step = max(1, fake.chunk_chars)
+    pieces = [reply[i : i + step] for i in range(0, len(reply), step)] or [""]
+    events = []
+    for i, piece in enumerate(pieces):
+        delta = {"content": piece} if i else {"role": "assistant", "content": piece}
+        events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
+    wants_usage = (body.get("stream_options") or {}).get("include_usage")
+    if fake.usage and wants_usage:
+        events.append(event([], {"usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # many speakers connecting at once (socketserver's default is 5)
@@ -204,155 +338,69 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
 
-    def _headers(self) -> dict[str, str]:
-        return {key.lower(): value for key, value in self.headers.items()}
-
-    def _send_json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
+    def _reply(self, method: str, raw: bytes = b"") -> None:
+        result = answer(self.fake, method, self.path, dict(self.headers.items()), raw)
+        if result.delay:
+            time.sleep(result.delay)
+        self.send_response(result.status)
+        self.send_header("Content-Type", result.content_type())
+        data = json.dumps(result.body).encode() if result.events is None else b""
+        if result.events is None:
+            self.send_header("Content-Length", str(len(data)))
+        for key, value in result.headers.items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": {"message": message, "type": "error"}}, headers)
-
-    def _authorised(self) -> bool:
-        wanted = self.fake.require_api_key
-        if wanted and self.headers.get("Authorization") != f"Bearer {wanted}":
-            self._error(401, "Incorrect API key provided")
-            return False
-        return True
+        if result.events is None:
+            self.wfile.write(data)
+            return
+        for n, line in enumerate(result.events):
+            self.wfile.write(line)
+            self.wfile.flush()
+            if result.chunk_delay and n < len(result.events) - 2:
+                time.sleep(result.chunk_delay)
 
     def do_GET(self) -> None:  # noqa: N802
-        self.fake.history.append({"path": self.path, "method": "GET", "headers": self._headers()})
-        if not self._authorised():
-            return
-        if self.path.startswith("/_fake/requests"):
-            # For benchmarks that run the server in another process: the chat request bodies
-            # so far (and, with ?clear, forget them).
-            bodies = [h["body"] for h in self.fake.chat_requests()]
-            if "clear" in self.path:
-                self.fake.history.clear()
-            self._send_json(200, {"requests": bodies})
-        elif self.path.rstrip("/").endswith("/v1/models"):
-            data = [
-                {"id": m, "object": "model", "owned_by": "delib-test"} for m in self.fake.models
-            ]
-            self._send_json(200, {"object": "list", "data": data})
-        else:
-            self._error(404, f"no route {self.path}")
+        self._reply("GET")
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except json.JSONDecodeError:
-            self._error(400, "body is not JSON")
-            return
-        fake = self.fake
-        fake.history.append(
-            {"path": self.path, "method": "POST", "body": body, "headers": self._headers()}
-        )
-        if not self.path.rstrip("/").endswith("/v1/chat/completions"):
-            self._error(404, f"no route {self.path}")
-            return
-        if not self._authorised():
-            return
-        model = body.get("model")
-        if model not in fake.models:
-            self._error(404, f"The model '{model}' does not exist")
-            return
-        template_error = fake._template_error(body.get("messages", []))
-        if template_error:
-            self._error(400, template_error)
-            return
-        if body.get("stream") and body.get("stream_options") and fake.reject_stream_options:
-            self._error(400, "Unrecognized request argument supplied: stream_options")
-            return
-        fault, reply = fake._next()
-        if fault is not None:
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = f"{fault.retry_after:g}"
-            self._error(fault.status, fault.message, headers)
-            return
-        if reply is None:
-            try:
-                reply = fake.responder(body)
-            except Exception as exc:  # a broken script should fail loudly, not hang a test
-                self._error(500, f"responder failed: {type(exc).__name__}: {exc}")
-                return
-        if fake.delay:
-            time.sleep(fake.delay)
-        seen = [m for m in body["messages"] if not (fake.drop_system and m.get("role") == "system")]
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in seen) // 4 + 1
-        max_tokens = body.get("max_tokens")
-        words = reply.split(" ")
-        if max_tokens is not None and len(words) > max_tokens:
-            reply, finish = " ".join(words[:max_tokens]), "length"
-        else:
-            finish = "stop"
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(reply.split()),
-            "total_tokens": prompt_tokens + len(reply.split()),
-        }
-        if body.get("stream"):
-            self._stream(body, model, reply, finish, usage)
-            return
-        response = {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply},
-                    "finish_reason": finish,
-                }
-            ],
-        }
-        if fake.usage:
-            response["usage"] = usage
-        self._send_json(200, response)
+        self._reply("POST", self.rfile.read(length))
 
-    def _stream(self, body: dict, model: str, reply: str, finish: str, usage: dict) -> None:
-        fake = self.fake
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
 
-        def event(choices: list[dict], extra: dict | None = None) -> None:
-            chunk = {
-                "id": "chatcmpl-test",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-                "choices": choices,
-                **(extra or {}),
-            }
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
+class _Events(httpx.AsyncByteStream):
+    def __init__(self, events: list[bytes], chunk_delay: float) -> None:
+        self.events = events
+        self.chunk_delay = chunk_delay
 
-        step = max(1, fake.chunk_chars)
-        pieces = [reply[i : i + step] for i in range(0, len(reply), step)] or [""]
-        for i, piece in enumerate(pieces):
-            delta = {"content": piece} if i else {"role": "assistant", "content": piece}
-            event([{"index": 0, "delta": delta, "finish_reason": None}])
-            if fake.chunk_delay:
-                time.sleep(fake.chunk_delay)
-        event([{"index": 0, "delta": {}, "finish_reason": finish}])
-        wants_usage = (body.get("stream_options") or {}).get("include_usage")
-        if fake.usage and wants_usage:
-            event([], {"usage": usage})
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+    async def __aiter__(self):
+        for n, line in enumerate(self.events):
+            yield line
+            if self.chunk_delay and n < len(self.events) - 2:
+                await asyncio.sleep(self.chunk_delay)
+
+
+class FakeTransport(httpx.AsyncBaseTransport):
+    """The same fake, in process: an httpx transport for the real ``openai`` client, with no
+    socket. ``delib.arun(..., base_url="http://fake/v1", transport=FakeTransport(fake))``.
+
+    Faults, scripted replies, delays and ``history`` behave as with the HTTP server, except
+    that nothing can be refused at the connection (``stop()`` does not apply).
+    """
+
+    def __init__(self, fake: FakeOpenAIServer | None = None) -> None:
+        self.fake = fake or FakeOpenAIServer()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raw = await request.aread()
+        path = request.url.raw_path.decode()
+        result = answer(self.fake, request.method, path, dict(request.headers), raw)
+        if result.delay:
+            await asyncio.sleep(result.delay)
+        headers = {"Content-Type": result.content_type(), **result.headers}
+        if result.events is None:
+            return httpx.Response(result.status, headers=headers, json=result.body)
+        stream = _Events(result.events, result.chunk_delay)
+        return httpx.Response(result.status, headers=headers, stream=stream)
 
 
 def main() -> None:

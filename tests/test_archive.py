@@ -16,7 +16,7 @@ from conftest import delib_process
 
 from delib.config import Overrides
 from delib.index import INDEX_FILE, MIGRATIONS, Index
-from delib.run import RunRequest, run_debate
+from delib.runner import RunRequest, run_debate
 from delib.testing import FakeOpenAIServer, Fault
 
 UNIQUE_WORD = "quillwort"

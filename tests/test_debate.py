@@ -10,10 +10,10 @@ import pytest
 
 from delib.archive import read_manifest, read_records
 from delib.config import Overrides
-from delib.graph import StopReason
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
-from delib.run import RunRequest, run_debate
+from delib.runner import RunRequest, run_debate
 from delib.scenarios import Protocol
+from delib.state import StopReason
 from delib.testing import FakeOpenAIServer, debate_responder
 
 PARTICIPANTS = ["philosopher", "oversight", "interpretability"]  # alignment-difficulty's panel
@@ -234,7 +234,7 @@ def test_server_dying_mid_run_keeps_finished_turns(tmp_path: Path):
     result, _ = debate(server, tmp_path, rounds=2, overrides=overrides)
     server.stop()
     assert result.stop_reason is StopReason.error
-    assert "cannot reach endpoint 'cli'" in result.error
+    assert "cannot reach endpoint 'cli'" in result.error_message
     turns = turns_of(result.folder)
     assert len(turns) == 4 and [t["index"] for t in turns] == [0, 1, 2, 3]
     manifest = read_manifest(result.folder)
@@ -262,7 +262,7 @@ def test_recursion_limit_is_enough_for_long_runs(
 ):
     result, _ = debate(server, tmp_path, rounds=6, protocol=protocol, stream=False)
     assert result.stop_reason is StopReason.completed
-    assert result.turns == 1 + 6 * 3 + 5 + 1
+    assert len(result.turns) == 1 + 6 * 3 + 5 + 1
 
 
 def test_system_message_fold_flag(server: FakeOpenAIServer, tmp_path: Path):

@@ -10,12 +10,12 @@ import pytest
 
 from delib.archive import read_manifest, read_records
 from delib.config import Overrides
-from delib.graph import StopReason
 from delib.loops import LoopConfig, LoopMode, detect
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.refusal import classify
-from delib.run import RunRequest, run_debate
+from delib.runner import RunRequest, run_debate
 from delib.scenarios import Protocol
+from delib.state import StopReason
 from delib.testing import FakeOpenAIServer, debate_responder
 
 DATA = Path(__file__).parent / "data" / "refusals-dev.jsonl"

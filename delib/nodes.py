@@ -1,0 +1,274 @@
+"""The debate's nodes: plain async functions over the state and the run's context.
+
+Each takes ``(state, runtime)`` (``speak`` takes its ``SpeakTask``), reads the fixed setup from
+``runtime.context`` and returns a partial state update. Model calls happen only here, through
+``speaking``; the decisions they carry out are pure functions in ``routing`` and ``ladder``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from delib import prompts
+from delib.ladder import LADDER, climb, resolved
+from delib.loops import Detection, LoopMode, detect
+from delib.records import estimate_tokens
+from delib.routing import plan as plan_next
+from delib.routing import transcript_tokens, verdict_tokens, visible
+from delib.speaking import build_prompt, call, emit, speak_turn, token_counts, turn_tokens
+from delib.state import DebateContext, DebateState, SpeakTask, StopReason
+from delib.verdict import parse_verdict
+
+# A speaker choice is one id.
+SELECT_MAX_TOKENS = 16
+# How much of the moderator's speaker-choice reply an event keeps.
+SELECT_REPLY_CHARS = 200
+
+Ctx = Runtime[DebateContext]
+
+
+async def _moderator(runtime: Ctx, state: DebateState, kind: str, instruction: str) -> dict:
+    """The moderator speaks the next turn, seeing everything so far; the state update."""
+    ctx = runtime.context
+    turn = await speak_turn(
+        ctx,
+        runtime.stream_writer,
+        ctx.moderator,
+        index=state.get("count", 0),
+        round_no=state.get("round", 0),
+        kind=kind,
+        visible=ctx.log.turns,
+        instruction=instruction,
+    )
+    return {"count": 1, "tokens": turn_tokens(turn)}
+
+
+async def open_debate(state: DebateState, runtime: Ctx) -> dict:
+    ctx = runtime.context
+    instruction = prompts.opening_instruction(ctx.moderator, ctx.scenario)
+    return {**await _moderator(runtime, state, "opening", instruction), "round": 0}
+
+
+def plan(state: DebateState, runtime: Ctx) -> dict:
+    return plan_next(state, runtime.context)
+
+
+async def speak(task: SpeakTask, runtime: Ctx) -> dict:
+    ctx = runtime.context
+    speaker = ctx.cast[task["speaker"]]
+    turn = await speak_turn(
+        ctx,
+        runtime.stream_writer,
+        speaker,
+        index=task["index"],
+        round_no=task["round"],
+        kind="statement",
+        visible=visible(ctx.log.turns, task["round"], ctx.protocol),
+        instruction=prompts.turn_instruction(speaker, task["round"], ctx.rounds),
+        model=task.get("model"),
+    )
+    return {"count": 1, "tokens": turn_tokens(turn), "said": {speaker.id: task["round"]}}
+
+
+async def select(state: DebateState, runtime: Ctx) -> dict:
+    """The moderator's model picks the next speaker; anything unusable falls back."""
+    ctx = runtime.context
+    moderator = ctx.moderator
+    candidates = [ctx.cast[pid] for pid in state["pending"]]
+    turns = ctx.log.turns
+    instruction = prompts.selection_instruction(candidates)
+    prompt = build_prompt(ctx, moderator, turns, instruction, SELECT_MAX_TOKENS)
+    reply = await call(
+        ctx,
+        runtime.stream_writer,
+        moderator,
+        prompt,
+        index=state.get("count", 0),
+        max_tokens=SELECT_MAX_TOKENS,
+        temperature=0.0,
+        stream=False,
+    )
+    choice = prompts.pick_speaker(reply.text, candidates)
+    fallback = choice is None
+    if fallback:
+        choice = candidates[0].id  # round-robin order among those still to speak
+    tokens = token_counts(reply, prompt)
+    emit(
+        ctx,
+        runtime.stream_writer,
+        "speaker_selected",
+        round=state["round"],
+        before_turn=state.get("count", 0),
+        speaker=choice,
+        fallback=fallback,
+        reply=reply.text.strip()[:SELECT_REPLY_CHARS],
+        tokens=tokens,
+    )
+    return {
+        "pending": [choice],
+        "events": 1,
+        "tokens": tokens["prompt"] + tokens["completion"],
+    }
+
+
+async def interject(state: DebateState, runtime: Ctx) -> dict:
+    instruction = prompts.interjection_instruction(runtime.context.moderator, state["round"])
+    return {**await _moderator(runtime, state, "interjection", instruction), "interject": False}
+
+
+async def watch(state: DebateState, runtime: Ctx) -> dict:
+    """Run the loop detectors over the new turns and climb the ladder if one fires."""
+    ctx = runtime.context
+    writer = runtime.stream_writer
+    config = ctx.loops
+    count = state.get("count", 0)
+    update: dict[str, Any] = {"checked": count}
+    if config.mode is LoopMode.off:
+        return update
+    said = [t for t in ctx.log.turns if t["role"] == "participant"]
+    checked = state.get("checked", 0)
+    detections: list[Detection] = []
+    for n, turn in enumerate(said, start=1):
+        if turn["index"] >= checked:
+            detections += detect(said[:n], config)
+    action = "none" if config.mode is LoopMode.warn else "ladder"
+    for d in detections:
+        emit(
+            ctx,
+            writer,
+            "loop_detected",
+            detector=d.detector,
+            score=d.score,
+            speakers=d.speakers,
+            turns=d.turns,
+            detail=d.detail,
+            action=action,
+        )
+    events = len(detections)
+    ladder = state.get("ladder", 0)
+    if not detections:
+        if resolved(ladder, count, state.get("last_detection", 0), config.reset_after):
+            emit(ctx, writer, "loop_resolved", after=LADDER[ladder - 1])
+            return {**update, "ladder": 0, "events": 1}
+        return update
+    update["last_detection"] = count
+    if config.mode is LoopMode.warn:
+        return {**update, "events": events}
+    step = climb(
+        detections,
+        mode=config.mode,
+        ladder=ladder,
+        tried=state.get("tried", []),
+        participants=ctx.participants,
+        skipped=state.get("skipped", []),
+        fallback_model=config.fallback_model,
+    )
+    update.update(ladder=step.rung + 1, tried=step.tried, events=events + 1)
+    if step.action == "swap":
+        swapped = {**state.get("swapped", {}), **dict.fromkeys(step.speakers, step.model)}
+        emit(ctx, writer, "intervention", action="swap", speakers=step.speakers, model=step.model)
+        return {**update, "swapped": swapped}
+    if step.action == "skip":
+        emit(ctx, writer, "intervention", action="skip", speakers=step.speakers)
+        return {**update, "skipped": step.skipped}
+    if step.action == "stop":
+        emit(
+            ctx,
+            writer,
+            "deadlock",
+            detector=step.detector,
+            speakers=step.speakers,
+            since_turn=step.since,
+            tried=step.tried[:-1],
+            diagnosis=step.diagnosis(),
+        )
+        return {**update, "stop_reason": StopReason.deadlock.value}
+    make = (
+        prompts.loop_reframe_instruction
+        if step.action == "reframe"
+        else prompts.loop_abstract_instruction
+    )
+    emit(ctx, writer, "intervention", action=step.action, speakers=step.speakers)
+    skipped = state.get("skipped", [])
+    names = [ctx.cast[p].name for p in ctx.participants if p not in skipped]
+    spoken = await _moderator(
+        runtime, state, "intervention", make(ctx.moderator, step.pattern, names)
+    )
+    return {**update, **spoken, "checked": count + 1}
+
+
+async def close(state: DebateState, runtime: Ctx) -> dict:
+    """The moderator's verdict: validated, retried once, else archived as plain text."""
+    ctx = runtime.context
+    writer = runtime.stream_writer
+    moderator = ctx.moderator
+    turns = list(ctx.log.turns)  # before the verdict
+    participants = [ctx.cast[pid] for pid in ctx.participants]
+    budget_left = ctx.token_budget - state.get("tokens", 0)
+    if transcript_tokens(turns) + verdict_tokens(ctx) > budget_left:
+        emit(ctx, writer, "verdict_skipped", reason="token budget exhausted")
+        return {"events": 1, "verdict": None}
+    instruction = prompts.verdict_instruction(ctx.scenario, ctx.cast)
+    index = state.get("count", 0)
+    cap = verdict_tokens(ctx)
+    first = await speak_turn(
+        ctx,
+        writer,
+        moderator,
+        index=index,
+        round_no=state.get("round", 0),
+        kind="verdict",
+        visible=turns,
+        instruction=instruction,
+        max_tokens=cap,
+        stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
+    )
+    used = {"count": 1, "tokens": turn_tokens(first)}
+    try:
+        verdict = parse_verdict(first["text"], participants)
+        return {**used, "verdict": {"valid": True, **verdict.model_dump()}}
+    except ValueError as exc:
+        first_error = str(exc)
+    emit(ctx, writer, "verdict_retry", turn=index, reason=first_error)
+    # Room for the new reply and for what is added after the transcript: the first reply,
+    # shown back, and the request to try again.
+    retry = prompts.verdict_retry_instruction(first_error, instruction)
+    added = estimate_tokens(len(first["text"]) + len(retry))
+    prompt = build_prompt(ctx, moderator, turns, instruction, cap + added)
+    prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
+    prompt.messages.append({"role": "user", "content": retry})
+    started = time.perf_counter()
+    reply = await call(ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False)
+    tokens = token_counts(reply, prompt)
+    spent = {
+        "count": 1,
+        "events": 2,
+        "tokens": used["tokens"] + tokens["prompt"] + tokens["completion"],
+    }
+    try:
+        verdict = parse_verdict(reply.text, participants)
+        emit(
+            ctx,
+            writer,
+            "verdict_retry_ok",
+            turn=index,
+            tokens=tokens,
+            latency=round(time.perf_counter() - started, 3),
+            text=reply.text.strip(),
+        )
+        return {**spent, "verdict": {"valid": True, "retried": True, **verdict.model_dump()}}
+    except ValueError as exc:
+        emit(
+            ctx,
+            writer,
+            "verdict_malformed",
+            turn=index,
+            reason=str(exc),
+            tokens=tokens,
+            text=reply.text.strip(),
+        )
+        text = reply.text.strip() or first["text"]
+        return {**spent, "verdict": {"valid": False, "error": str(exc), "text": text}}

@@ -1,0 +1,118 @@
+"""The run's log on disk: ``turns.jsonl``, in-flight files, the index row and the manifest.
+
+``Recorder`` is the ``RunLog`` the graph's nodes write to. A finished turn or event is appended
+to ``turns.jsonl`` and flushed to the operating system before ``add`` returns, so ``kill -9``
+loses nothing finished (the file is fsynced at the end of the run and on every resume; see
+``archive.RunFolder.append``). While a turn is being spoken, ``inflight/<index>.partial`` holds
+what has streamed so far.
+
+The index (``index.sqlite``) gets the run's row when it starts and when it ends; readers
+catch up with turns written in between from the folder itself (``Index.sync``), so no turn
+waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from delib.archive import FINISHED, RunFolder
+from delib.errors import DelibError
+from delib.index import Index
+from delib.records import Manifest, Record, loop_summary, now, token_totals, turns_of
+from delib.render import markdown
+from delib.state import MemoryLog
+
+Notify = Callable[[str], None]
+
+
+class Recorder(MemoryLog):
+    """Writes a run's records as they happen, and its manifest at the start and the end."""
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        archive: Path,
+        manifest: Manifest,
+        records: list[Record] | None = None,
+        notify: Notify | None = None,
+    ) -> None:
+        super().__init__(turns_of(records or []))
+        self.records = list(records or [])
+        self.folder = folder
+        self.manifest = manifest
+        self.notify = notify or (lambda text: None)
+        self.index: Index | None = None
+        try:
+            self.index = Index.open(archive)
+        except (DelibError, sqlite3.Error) as exc:
+            self.notify(f"the archive index is not updated during this run: {exc}")
+
+    # --- RunLog --------------------------------------------------------------------------------
+    def begin(self, index: int, speaker: str, kind: str) -> None:
+        header = {"speaker": speaker, "kind": kind, "started_at": now()}
+        self.folder.inflight_start(index, header)
+
+    def token(self, index: int, text: str) -> None:
+        self.folder.inflight_text(index, text)
+
+    def add(self, record: Record) -> None:
+        self.folder.append(record)
+        if record["type"] == "turn":
+            self.folder.inflight_done(record["index"])
+        super().add(record)
+
+    # --- the manifest and the index ------------------------------------------------------------
+    def _index_run(self) -> None:
+        """Update the index; a failure is a notice (reindex repairs it), never a lost run."""
+        if self.index is None:
+            return
+        try:
+            self.index.replace_turns(self.folder.path, self.manifest, self.records)
+        except sqlite3.Error as exc:
+            self.notify(
+                f"the archive index is not updated during this run ({exc}); "
+                "'delib transcripts reindex' repairs it"
+            )
+            self.index.close()
+            self.index = None
+
+    def start(self) -> None:
+        """The manifest and index row of a run that starts (or goes on after a resume)."""
+        self.folder.write_manifest(self.manifest)
+        self._index_run()
+
+    def finish(
+        self,
+        stop: str,
+        error: str | None,
+        verdict: dict | None,
+        adaptations: list[dict],
+    ) -> Manifest:
+        """Write the final manifest and transcript.md; a finished run drops its checkpoints."""
+        self.folder.sync()
+        turns = sum(1 for r in self.records if r["type"] == "turn")
+        self.manifest.update(
+            loop_events=loop_summary(self.records),
+            ended_at=now(),
+            stop_reason=stop,
+            error=error,
+            tokens=token_totals(self.records),
+            turns=turns,
+            events=len(self.records) - turns,
+            verdict=verdict,
+            adaptations=adaptations,
+        )
+        self.folder.write_manifest(self.manifest)
+        self.folder.write_transcript(markdown(self.manifest, self.records))
+        self._index_run()
+        if stop in FINISHED:
+            self.folder.drop_checkpoints()
+        return self.manifest
+
+    def close(self) -> None:
+        self.folder.close()
+        if self.index is not None:
+            self.index.close()
+            self.index = None

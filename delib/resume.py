@@ -1,0 +1,176 @@
+"""Going on with a run that died: which request to run again, and where to pick up.
+
+The checkpoint holds counters (turns and events the graph had finished); ``turns.jsonl`` holds
+the records, and is always at least as far along (nodes write a record before they return).
+``reconcile`` makes the two agree before the graph goes on:
+
+- records up to the checkpoint are kept;
+- turns finished after it are handed back to the graph, which reuses them when it comes to
+  speak them again (no second model call);
+- events recorded after it are dropped: the steps that wrote them run again;
+- a turn cut off mid-reply (an in-flight file left behind) is discarded and recorded;
+- a half-written last line is cut off and recorded.
+
+Nothing is written until every check has passed, so a resume that fails leaves the run folder
+as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from delib.archive import (
+    CHECKPOINT_FILE,
+    FINISHED,
+    RunFolder,
+    archive_dir,
+    find_run,
+    is_locked,
+    read_manifest,
+    read_records,
+)
+from delib.config import Overrides
+from delib.errors import InputError
+from delib.prepare import RunRequest, request_from_dict
+from delib.records import Event, Record, Turn, make_event
+
+# Events written by resume itself: not counted by the graph, kept across resumes.
+RESUME_EVENTS = ("resumed", "turn_discarded", "truncated_line_dropped")
+# Request fields that choose the endpoint; a resume may change them.
+ENDPOINT_FIELDS = ("base_url", "endpoint", "api_key_env", "gguf", "model", "system_message")
+
+
+def resume_request(
+    archive: Path | None, wanted: str, changes: dict[str, Any] | None = None
+) -> tuple[RunRequest, Path]:
+    """The killed run's own request, with a new endpoint if ``changes`` gives one. Refuses
+    finished, running and unresumable runs."""
+    folder = find_run(archive_dir(archive), wanted)
+    manifest = read_manifest(folder)
+    run_id = folder.name
+    stop = manifest.get("stop_reason")
+    if stop in FINISHED:
+        raise InputError(
+            f"run {run_id} finished (stop reason: {stop}); only a run that was killed, "
+            "interrupted or failed can be resumed"
+        )
+    if is_locked(folder):
+        raise InputError(f"run {run_id} is still running in another process")
+    if not manifest.get("request") or not (folder / CHECKPOINT_FILE).exists():
+        raise InputError(
+            f"run {run_id} has no checkpoints (it was made by an older delib); it cannot be resumed"
+        )
+    request = request_from_dict(manifest["request"], archive)
+    changes = {k: v for k, v in (changes or {}).items() if v not in (None, {}, [])}
+    chosen = {k: v for k, v in changes.items() if k in ENDPOINT_FIELDS}
+    if chosen:
+        current = dataclasses.asdict(request.overrides)
+        if any(k in chosen for k in ("base_url", "endpoint", "gguf")):
+            # A new endpoint: nothing of the old one's choice carries over.
+            for key in ENDPOINT_FIELDS:
+                current[key] = None
+            current["persona_models"] = {}
+        current.update(chosen)
+        request.overrides = Overrides(**current)
+    for key in ("ctx", "chat_format"):
+        if key in changes:
+            setattr(request, key, changes[key])
+    return request, folder
+
+
+@dataclass
+class Reconciled:
+    """Where a resumed run picks up."""
+
+    records: list[Record]  # turns.jsonl as it will be rewritten
+    recovered: dict[int, Turn]  # finished turns the graph will reuse
+    history: dict[str, Any]  # this resume, for the manifest's ``resumed`` list
+    fresh: bool  # no checkpoint yet: the graph starts from the beginning
+
+
+def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[str]) -> Reconciled:
+    """Work out the records to keep from the folder and the checkpoint's counters. Reads only;
+    ``apply`` writes."""
+    if "turns" in values and "count" not in values:
+        raise InputError(
+            f"run {folder.name} was checkpointed by an older delib; it cannot be resumed"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a truncated last line: apply() cuts and records it
+        records = read_records(folder)
+    count = values.get("count", 0)
+    graph_events = values.get("events", 0)
+    kept: list[Record] = []
+    recovered: dict[int, Turn] = {}
+    seen: set[int] = set()
+    events = 0
+    for record in records:
+        if record["type"] == "turn":
+            index = record["index"]
+            if index < count and index not in seen:
+                kept.append(record)
+                seen.add(index)
+            elif index >= count:
+                recovered.setdefault(index, record)
+        elif record["event"] in RESUME_EVENTS:
+            kept.append(record)
+        elif events < graph_events:
+            kept.append(record)
+            events += 1
+    missing = sorted(set(range(count)) - seen)
+    if missing:
+        raise InputError(
+            f"run {folder.name}: turns.jsonl lacks turn {missing[0]}, which its checkpoint "
+            "has; the folder was changed by hand and cannot be resumed"
+        )
+    return Reconciled(
+        records=kept,
+        recovered=recovered,
+        history={"after_turn": count, "recovered_turns": sorted(recovered), "endpoints": endpoints},
+        fresh=not has_checkpoint,
+    )
+
+
+def apply(folder: RunFolder, plan: Reconciled) -> list[Event]:
+    """Rewrite the folder as ``plan`` says, recording what resume did; returns those events."""
+    added: list[Event] = []
+    cut = folder.repair()
+    if cut:
+        added.append(make_event("truncated_line_dropped", bytes=cut))
+    discarded = []
+    for entry in folder.take_inflight():
+        index = entry.get("index")
+        if index in plan.recovered or (index is not None and index < plan.history["after_turn"]):
+            continue
+        discarded.append(index)
+        added.append(
+            make_event(
+                "turn_discarded",
+                turn=index,
+                speaker=entry.get("speaker"),
+                kind=entry.get("kind"),
+                partial_chars=entry.get("partial_chars", 0),
+                reason="cut off mid-reply when the run died; spoken again",
+            )
+        )
+    plan.history["discarded_turns"] = discarded
+    added.append(make_event("resumed", **plan.history))
+    plan.records += added
+    folder.rewrite(plan.records)
+    return added
+
+
+def history_entry(old: dict, plan: Reconciled, at: str) -> dict:
+    return {
+        "at": at,
+        "after_turn": plan.history["after_turn"],
+        "previous_stop_reason": old.get("stop_reason"),
+        "previous_error": old.get("error"),
+        "recovered_turns": plan.history["recovered_turns"],
+        "discarded_turns": plan.history.get("discarded_turns", []),
+        "endpoints": plan.history["endpoints"],
+    }

@@ -1,0 +1,347 @@
+"""Running a debate: the public entry points and the pipeline behind them.
+
+::
+
+    request ─► prepare ─► DebateContext ─► graph.astream ─► Recorder (turns.jsonl, manifest)
+                                    └─ resume.reconcile, for a run that died ─┘
+
+``Run.stream()`` yields every message of a run, in order: ``notice`` (things worth telling the
+user while preparing), ``ready`` (the setup, once prepared), the graph's own messages (see
+``delib.speaking``), and ``result`` last. ``arun``/``run`` and ``aresume``/``resume`` consume
+that stream for you; the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.errors import GraphRecursionError
+
+from delib.archive import RunFolder, archive_dir, read_manifest
+from delib.config import Overrides
+from delib.endpoints import Clients
+from delib.errors import DelibError
+from delib.graph import compile_graph
+from delib.local import LocalServer
+from delib.personas import Persona
+from delib.prepare import RunRequest, prepare
+from delib.record import Recorder
+from delib.records import Event, Manifest, TokenTotals, Turn, events_of, now, turns_of
+from delib.resume import apply, history_entry, reconcile, resume_request
+from delib.scenarios import Scenario
+from delib.state import StopReason
+
+Listener = Callable[[dict], None]
+
+
+class RunFailed(DelibError):
+    """Raised by ``RunResult.raise_for_error`` for a run that ended in an error."""
+
+
+@dataclass
+class RunResult:
+    """How a run ended, with everything it said."""
+
+    run_id: str
+    folder: Path
+    stop_reason: StopReason
+    error: BaseException | None  # the exception that ended the run, if one did
+    turns: list[Turn]
+    events: list[Event]
+    tokens: TokenTotals
+    verdict: dict | None  # the validated verdict, or {"valid": False, "text": ...}
+    manifest: Manifest
+
+    @property
+    def error_message(self) -> str | None:
+        return self.manifest.get("error")
+
+    @property
+    def verdict_valid(self) -> bool | None:
+        return self.verdict.get("valid") if self.verdict else None
+
+    def raise_for_error(self) -> RunResult:
+        """Raise the error that ended the run, if any; else return the result."""
+        if self.error is not None:
+            raise self.error
+        if self.stop_reason is StopReason.error:
+            raise RunFailed(self.error_message or "the run failed")
+        return self
+
+    def summary(self) -> dict:
+        """What ``delib run --json`` prints."""
+        return {
+            "run_id": self.run_id,
+            "folder": str(self.folder),
+            "stop_reason": self.stop_reason.value,
+            "error": self.error_message,
+            "turns": len(self.turns),
+            "events": len(self.events),
+            "tokens": self.tokens,
+            "verdict_valid": self.verdict_valid,
+        }
+
+
+class Run:
+    """One debate from request to archive. Use ``stream()`` once, then ``aclose()``."""
+
+    def __init__(
+        self,
+        request: RunRequest,
+        *,
+        resume: Path | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.request = request
+        self.resume_folder = resume
+        self.clients = Clients(transport=transport)
+        self.local: LocalServer | None = None
+        self.folder: Path | None = None  # the run folder, once it exists
+        self.result: RunResult | None = None
+        self._notices: list[str] = []
+
+    async def _start_local(self, model: Any, ctx: int) -> LocalServer:
+        self.local = LocalServer(model, ctx=ctx)
+        await self.local.start()
+        return self.local
+
+    def _drain(self) -> list[dict]:
+        notices = [{"kind": "notice", "text": text} for text in self._notices]
+        self._notices.clear()
+        return notices
+
+    async def stream(self) -> AsyncIterator[dict]:
+        """Prepare, run and archive, yielding every message (see the module docstring)."""
+        prepared = await prepare(
+            self.request, self.clients, self._start_local, self._notices.append
+        )
+        for notice in self._drain():
+            yield notice
+        ctx = prepared.context
+        manifest = prepared.manifest
+        yield {"kind": "ready", "context": ctx, "local": self.local, "resume": self.resume_folder}
+        if self.resume_folder is None:
+            folder = RunFolder.create(archive_dir(self.request.archive), ctx.scenario.id)
+            folder.lock()
+            manifest.update(run_id=folder.run_id, started_at=now())
+        else:
+            folder = RunFolder(self.resume_folder)
+            folder.lock()
+        self.folder = folder.path
+        config = {
+            "configurable": {"thread_id": folder.run_id},
+            "recursion_limit": ctx.recursion_limit(),
+        }
+        recorder: Recorder | None = None
+        final: dict[str, Any] = {}
+        stop = StopReason.error
+        error: BaseException | None = None
+        try:
+            async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoint_path)) as saver:
+                graph = compile_graph(checkpointer=saver)
+                start: dict | None = {}
+                records: list = []
+                recovered: dict[int, Turn] = {}
+                if self.resume_folder is not None:
+                    snapshot = await graph.aget_state(config)
+                    final = dict(snapshot.values or {})
+                    endpoints = sorted({p["endpoint"] for p in manifest["personas"]})
+                    plan = reconcile(folder.path, final, snapshot.created_at is not None, endpoints)
+                    old = read_manifest(folder.path)
+                    apply(folder, plan)
+                    manifest.update(
+                        run_id=folder.run_id,
+                        request=old.get("request", manifest["request"]),
+                        started_at=old.get("started_at"),
+                        resumed=[*(old.get("resumed") or []), history_entry(old, plan, now())],
+                    )
+                    records, recovered = plan.records, plan.recovered
+                    start = {} if plan.fresh else None
+                recorder = Recorder(
+                    folder,
+                    archive_dir(self.request.archive),
+                    manifest,
+                    records,
+                    self._notices.append,
+                )
+                recorder.start()
+                for notice in self._drain():
+                    yield notice
+                context = dataclasses.replace(ctx, log=recorder, recovered=recovered)
+                async for mode, chunk in graph.astream(
+                    start,
+                    config,
+                    context=context,
+                    stream_mode=["custom", "values"],
+                    durability="async",
+                ):
+                    if mode == "values":
+                        final = chunk
+                        continue
+                    yield chunk
+                    for notice in self._drain():
+                        yield notice
+            stop = StopReason(final.get("stop_reason") or StopReason.completed)
+        except DelibError as exc:
+            error = exc
+            died = self.local.death_note() if self.local else None
+            if died:
+                error = type(exc)(f"{exc}; {died}")
+        except GraphRecursionError as exc:
+            error = exc
+        except (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit):
+            self._finish(folder, recorder, manifest, StopReason.interrupted, None, final)
+            raise
+        except Exception as exc:
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self._finish(folder, recorder, manifest, StopReason.error, message, final)
+            raise
+        message = None
+        if error is not None:
+            message = (
+                "internal: the debate graph ran past its step limit"
+                if isinstance(error, GraphRecursionError)
+                else str(error)
+            )
+        self.result = self._finish(folder, recorder, manifest, stop, message, final, error)
+        yield {"kind": "result", "result": self.result}
+
+    def _finish(
+        self,
+        folder: RunFolder,
+        recorder: Recorder | None,
+        manifest: Manifest,
+        stop: StopReason,
+        message: str | None,
+        final: dict,
+        error: BaseException | None = None,
+    ) -> RunResult:
+        if recorder is None:  # failed before the graph started: the folder is as it was
+            folder.close()
+            if self.resume_folder is None:
+                folder.write_manifest({**manifest, "stop_reason": stop.value, "error": message})
+            records: list = []
+        else:
+            adaptations = [dataclasses.asdict(a) for a in self.clients.adaptations()]
+            manifest = recorder.finish(stop.value, message, final.get("verdict"), adaptations)
+            recorder.close()
+            records = recorder.records
+        return RunResult(
+            run_id=folder.run_id,
+            folder=folder.path,
+            stop_reason=stop,
+            error=error,
+            turns=turns_of(records),
+            events=events_of(records),
+            tokens=manifest.get("tokens") or {},  # type: ignore[typeddict-item]
+            verdict=final.get("verdict"),
+            manifest=manifest,
+        )
+
+    async def aclose(self) -> None:
+        """Close connections and stop the embedded server, if one was started."""
+        try:
+            await self.clients.close()
+        finally:
+            if self.local:
+                self.local.cleanup()
+
+
+async def _consume(run: Run, on_message: Listener | None) -> RunResult:
+    try:
+        async for message in run.stream():
+            if on_message:
+                on_message(message)
+    finally:
+        await run.aclose()
+    assert run.result is not None
+    return run.result
+
+
+OVERRIDE_FIELDS = {f.name for f in dataclasses.fields(Overrides)}
+
+
+def make_request(scenario: str | Scenario, **options: Any) -> RunRequest:
+    """A ``RunRequest`` from keyword options: endpoint and model options (``base_url``,
+    ``model``, ``endpoint``, ``persona_models``, ``temperature``, ``max_tokens``, ``gguf``, …)
+    and run options (``rounds``, ``protocol``, ``seed``, ``archive``, ``personas``, …)."""
+    overrides = {k: options.pop(k) for k in list(options) if k in OVERRIDE_FIELDS}
+    for key in ("archive", "personas_dir", "scenarios_dir", "gguf"):
+        source = overrides if key == "gguf" else options
+        if source.get(key) is not None:
+            source[key] = Path(source[key])
+    try:
+        return RunRequest(scenario=scenario, overrides=Overrides(**overrides), **options)
+    except TypeError as exc:
+        raise TypeError(f"unknown run option: {exc}") from None
+
+
+async def arun(
+    scenario: str | Scenario,
+    *,
+    personas: list[Persona] | None = None,
+    on_message: Listener | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run one debate and archive it; ``await delib.arun("alignment-difficulty", base_url=...)``.
+
+    ``scenario`` is an id or a ``Scenario``; ``personas`` adds personas built in code.
+    ``on_message`` sees every message as it happens (turns, tokens, events). Errors before the
+    run starts (bad input, unreachable endpoint) raise; an error during the run ends it with
+    ``stop_reason`` error and the exception in ``result.error`` (``raise_for_error()``).
+    """
+    request = make_request(scenario, personas=list(personas or []), **options)
+    return await _consume(Run(request, transport=transport), on_message)
+
+
+def _sync(coroutine: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise RuntimeError(
+        "an event loop is already running here (a notebook?): use 'await delib.arun(...)' "
+        "or 'await delib.aresume(...)' instead"
+    )
+
+
+def run(scenario: str | Scenario, **options: Any) -> RunResult:
+    """``arun`` for code without an event loop: ``delib.run("alignment-difficulty", ...)``."""
+    return _sync(arun(scenario, **options))
+
+
+async def aresume(
+    run_id: str,
+    *,
+    archive: str | Path | None = None,
+    on_message: Listener | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **changes: Any,
+) -> RunResult:
+    """Go on with a run that died, from its last finished turn. ``changes`` may name another
+    endpoint (``base_url``, ``endpoint``, ``gguf``, ``model``, …)."""
+    request, folder = resume_request(Path(archive) if archive else None, run_id, changes)
+    return await _consume(Run(request, resume=folder, transport=transport), on_message)
+
+
+def resume(run_id: str, **options: Any) -> RunResult:
+    """``aresume`` for code without an event loop."""
+    return _sync(aresume(run_id, **options))
+
+
+async def run_debate(
+    request: RunRequest,
+    listener: Listener | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunResult:
+    """Prepare, run and archive one debate from a ``RunRequest``."""
+    return await _consume(Run(request, transport=transport), listener)
