@@ -100,13 +100,58 @@ async def measure(tiny: bool = False) -> list[dict]:
     return rows
 
 
+async def checkpoint_growth(tiny: bool = False) -> list[dict]:
+    """Size of a run's checkpoints.sqlite (with its WAL) after debates of growing length:
+    linear in the number of turns when each checkpoint holds counters, not the turn list. A
+    finished run deletes its checkpoints; here they are kept to be measured."""
+    from pathlib import Path
+
+    from delib import archive
+
+    archive.RunFolder.drop_checkpoints = lambda self: None
+    rows = []
+    with fake_server() as base_url:
+        for rounds in (2, 4) if tiny else (5, 10, 20, 40):
+            request = RunRequest(
+                scenario=SCENARIO,
+                overrides=Overrides(base_url=base_url, model="test-model"),
+                rounds=rounds,
+                token_budget=10**9,
+                archive=temp_archive(),
+                stream=False,
+            )
+            run = Run(request)
+            try:
+                async for _ in run.stream():
+                    pass
+            finally:
+                await run.aclose()
+            assert run.result is not None
+            path = run.result.folder / archive.CHECKPOINT_FILE
+            size = sum(
+                Path(f"{path}{suffix}").stat().st_size
+                for suffix in ("", "-wal")
+                if Path(f"{path}{suffix}").exists()
+            )
+            turns = len(run.result.turns)
+            rows.append(
+                {
+                    "rounds": rounds,
+                    "turns": turns,
+                    "checkpoint_kib": round(size / 1024, 1),
+                    "bytes_per_turn": round(size / turns),
+                }
+            )
+    return rows
+
+
 PARTS = ("inflight", "checkpoints", "index", "fsync", "loops")
 
 
 def switch_off(parts: set[str]) -> None:
     """Replace parts of delib's archiving with no-ops, to see what each costs (never in a
     real run: these are what make a run resumable and searchable)."""
-    from contextlib import asynccontextmanager
+    from contextlib import contextmanager
 
     from langgraph.checkpoint.memory import InMemorySaver
 
@@ -122,13 +167,11 @@ def switch_off(parts: set[str]) -> None:
             setattr(archive.RunFolder, name, lambda *a: None)
     if "checkpoints" in parts:
 
-        class Memory:
-            @staticmethod
-            @asynccontextmanager
-            async def from_conn_string(path):
-                yield InMemorySaver()
+        @contextmanager
+        def memory(folder):
+            yield InMemorySaver()
 
-        runner.AsyncSqliteSaver = Memory
+        runner.checkpoints = memory
     if "index" in parts:
         record.Index.open = classmethod(lambda cls, archive: None)
     if "fsync" in parts:
@@ -145,7 +188,7 @@ async def parts_cost(repeats: int = 3) -> list[dict]:
     import sys
 
     rows = []
-    for off in ("", *PARTS[:-1], ",".join(PARTS[:-1])):
+    for off in ("", *PARTS, ",".join(PARTS)):
         out = subprocess.run(
             [
                 sys.executable,
@@ -187,11 +230,16 @@ def main() -> None:
     parser.add_argument(
         "--parts", action="store_true", help="what each part of archiving costs per turn"
     )
+    parser.add_argument(
+        "--growth", action="store_true", help="checkpoint file size against run length"
+    )
     parser.add_argument("--off", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.off:
         print(json.dumps(asyncio.run(one_setting(args.off, args.repeats))))
+    elif args.growth:
+        print(json.dumps(asyncio.run(checkpoint_growth(args.tiny)), indent=2))
     elif args.parts:
         print(json.dumps(asyncio.run(parts_cost(args.repeats)), indent=2))
     else:

@@ -2,12 +2,17 @@
 
 ::
 
-    START → open → plan ─┬─► speak ×1 (round_robin)                ─► watch ─┬─► plan
-                         ├─► speak ×N at once (simultaneous)        ─► watch ─┤
-                         ├─► select → speak ×1 (moderator_selects)  ─► watch ─┘
-                         │                                            watch ─► END (deadlock)
-                         ├─► interject (between rounds)             ─► plan
-                         └─► close (the verdict) → END
+    START → open ─┬─► speak ×1 (round_robin)               ─► watch ─┐
+         ▲        ├─► speak ×N at once (simultaneous)       ─► watch ─┤
+         │        ├─► select → speak ×1 (moderator_selects) ─► watch ─┤
+         │        ├─► interject (between rounds) ──────────────────────┤
+         │        ├─► close (the verdict) → END                        │
+         │        └─► END (deadlock, from watch)                       │
+         └──────────── open, interject and watch each end by planning ─┘
+
+Each of ``open``, ``interject`` and ``watch`` ends by planning what comes next
+(``routing.then_plan``), and ``routing.route`` sends the run on from there: one step a turn
+fewer than a separate planning node, so one checkpoint fewer.
 
 The nodes are in ``nodes`` (plain functions of the state and ``Runtime[DebateContext]``),
 routing in ``routing`` and the intervention ladder in ``ladder``, both pure. The context is
@@ -27,19 +32,22 @@ from delib.state import DebateContext, DebateState
 def build_graph() -> StateGraph:
     graph = StateGraph(DebateState, context_schema=DebateContext)
     graph.add_node("open", nodes.open_debate)
-    graph.add_node("plan", nodes.plan)
     graph.add_node("speak", nodes.speak)
     graph.add_node("select", nodes.select)
     graph.add_node("interject", nodes.interject)
     graph.add_node("watch", nodes.watch)
     graph.add_node("close", nodes.close)
     graph.add_edge(START, "open")
-    graph.add_edge("open", "plan")
-    graph.add_conditional_edges("plan", routing.route, ["speak", "select", "interject", "close"])
+    # Where each planning node can go (LangGraph draws these): only watch can end the run
+    # with a deadlock, and an interjection is always followed by the round's speakers.
+    speakers = {"speak": "speak", "select": "select", "close": "close"}
+    graph.add_conditional_edges("open", routing.route, {**speakers, "interject": "interject"})
+    graph.add_conditional_edges("interject", routing.route, speakers)
+    graph.add_conditional_edges(
+        "watch", routing.route, {**speakers, "interject": "interject", "end": END}
+    )
     graph.add_conditional_edges("select", routing.after_select, ["speak"])
     graph.add_edge("speak", "watch")
-    graph.add_conditional_edges("watch", routing.after_watch, {"plan": "plan", "end": END})
-    graph.add_edge("interject", "plan")
     graph.add_edge("close", END)
     return graph
 

@@ -16,8 +16,7 @@ from delib import prompts
 from delib.ladder import LADDER, climb, resolved
 from delib.loops import Detection, LoopMode, detect
 from delib.records import estimate_tokens
-from delib.routing import plan as plan_next
-from delib.routing import transcript_tokens, verdict_tokens, visible
+from delib.routing import then_plan, transcript_tokens, verdict_tokens, visible
 from delib.speaking import build_prompt, call, emit, speak_turn, token_counts, turn_tokens
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.verdict import parse_verdict
@@ -49,11 +48,8 @@ async def _moderator(runtime: Ctx, state: DebateState, kind: str, instruction: s
 async def open_debate(state: DebateState, runtime: Ctx) -> dict:
     ctx = runtime.context
     instruction = prompts.opening_instruction(ctx.moderator, ctx.scenario)
-    return {**await _moderator(runtime, state, "opening", instruction), "round": 0}
-
-
-def plan(state: DebateState, runtime: Ctx) -> dict:
-    return plan_next(state, runtime.context)
+    update = {**await _moderator(runtime, state, "opening", instruction), "round": 0}
+    return then_plan(state, update, ctx)
 
 
 async def speak(task: SpeakTask, runtime: Ctx) -> dict:
@@ -115,12 +111,19 @@ async def select(state: DebateState, runtime: Ctx) -> dict:
 
 
 async def interject(state: DebateState, runtime: Ctx) -> dict:
-    instruction = prompts.interjection_instruction(runtime.context.moderator, state["round"])
-    return {**await _moderator(runtime, state, "interjection", instruction), "interject": False}
+    ctx = runtime.context
+    instruction = prompts.interjection_instruction(ctx.moderator, state["round"])
+    update = {**await _moderator(runtime, state, "interjection", instruction), "interject": False}
+    return then_plan(state, update, ctx)
 
 
 async def watch(state: DebateState, runtime: Ctx) -> dict:
-    """Run the loop detectors over the new turns and climb the ladder if one fires."""
+    """Run the loop detectors over the new turns and climb the ladder if one fires; then plan
+    what comes next."""
+    return then_plan(state, await _watch(state, runtime), runtime.context)
+
+
+async def _watch(state: DebateState, runtime: Ctx) -> dict:
     ctx = runtime.context
     writer = runtime.stream_writer
     config = ctx.loops

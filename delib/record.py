@@ -14,8 +14,19 @@ waits on SQLite.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+from langgraph.checkpoint.sqlite import SqliteSaver
 
 from delib.archive import FINISHED, RunFolder
 from delib.errors import DelibError
@@ -25,6 +36,64 @@ from delib.render import markdown
 from delib.state import MemoryLog
 
 Notify = Callable[[str], None]
+
+
+class RunSaver(SqliteSaver):
+    """LangGraph's SQLite checkpointer for one run folder, called from the event loop.
+
+    The async methods call the synchronous ones in place instead of hopping to a thread for
+    every statement (``AsyncSqliteSaver``): a checkpoint here is a small row (the state holds
+    counters), and with ``synchronous=NORMAL`` in WAL mode a commit reaches the operating
+    system without an fsync, like a ``turns.jsonl`` line, so a write takes tens of
+    microseconds. A killed process loses nothing; the tables are LangGraph's own.
+    """
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.get_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in self.list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self.put(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self.put_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        self.delete_thread(thread_id)
+
+
+@contextmanager
+def checkpoints(folder: RunFolder) -> Iterator[RunSaver]:
+    """The run's ``checkpoints.sqlite``, open for the graph."""
+    conn = sqlite3.connect(str(folder.checkpoint_path), check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        yield RunSaver(conn)
+    finally:
+        conn.close()
 
 
 class Recorder(MemoryLog):

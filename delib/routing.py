@@ -94,6 +94,28 @@ def plan(state: DebateState, ctx: DebateContext) -> dict:
     return {"round": round_no, "pending": remaining, "interject": interject, "step": step}
 
 
+# State fields whose updates add up or merge (their reducers in DebateState); others replace.
+_ADDED = ("count", "events", "tokens")
+
+
+def merged(state: DebateState, update: dict) -> DebateState:
+    """The state after ``update``, as LangGraph's reducers will make it."""
+    result: dict = {**state, **update}
+    for key in _ADDED:
+        if key in update:
+            result[key] = state.get(key, 0) + update[key]
+    if "said" in update:
+        result["said"] = {**state.get("said", {}), **update["said"]}
+    return result  # type: ignore[return-value]
+
+
+def then_plan(state: DebateState, update: dict, ctx: DebateContext) -> dict:
+    """A node's update followed by the plan for what comes next (one step, not two)."""
+    if update.get("stop_reason"):
+        return update
+    return {**update, **plan(merged(state, update), ctx)}
+
+
 def task(state: DebateState, pid: str, offset: int = 0) -> Send:
     """The ``speak`` node's input for one participant."""
     payload: SpeakTask = {
@@ -106,7 +128,10 @@ def task(state: DebateState, pid: str, offset: int = 0) -> Send:
 
 
 def route(state: DebateState) -> str | list[Send] | Send:
-    """After ``plan``: the verdict, an interjection, or the speakers."""
+    """After a step that planned: the end (deadlock), the verdict, an interjection, or the
+    speakers."""
+    if state.get("stop_reason") == StopReason.deadlock.value:
+        return "end"
     if state.get("stop_reason"):
         return "close"
     if state.get("interject"):
@@ -122,10 +147,6 @@ def route(state: DebateState) -> str | list[Send] | Send:
 
 def after_select(state: DebateState) -> Send:
     return task(state, state["pending"][0])
-
-
-def after_watch(state: DebateState) -> str:
-    return "end" if state.get("stop_reason") == StopReason.deadlock.value else "plan"
 
 
 def visible(turns: list[Turn], round_no: int, protocol: Protocol) -> list[Turn]:

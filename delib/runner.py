@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.errors import GraphRecursionError
 
 from delib.archive import RunFolder, archive_dir, read_manifest
@@ -32,7 +31,7 @@ from delib.graph import compile_graph
 from delib.local import LocalServer
 from delib.personas import Persona
 from delib.prepare import RunRequest, prepare
-from delib.record import Recorder
+from delib.record import Recorder, checkpoints
 from delib.records import Event, Manifest, TokenTotals, Turn, events_of, now, turns_of
 from delib.resume import apply, history_entry, reconcile, resume_request
 from delib.scenarios import Scenario
@@ -144,7 +143,7 @@ class Run:
         stop = StopReason.error
         error: BaseException | None = None
         try:
-            async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoint_path)) as saver:
+            with checkpoints(folder) as saver:
                 graph = compile_graph(checkpointer=saver)
                 start: dict | None = {}
                 records: list = []
@@ -175,19 +174,13 @@ class Run:
                 for notice in self._drain():
                     yield notice
                 context = dataclasses.replace(ctx, log=recorder, recovered=recovered)
-                async for mode, chunk in graph.astream(
-                    start,
-                    config,
-                    context=context,
-                    stream_mode=["custom", "values"],
-                    durability="async",
+                async for chunk in graph.astream(
+                    start, config, context=context, stream_mode="custom", durability="async"
                 ):
-                    if mode == "values":
-                        final = chunk
-                        continue
                     yield chunk
                     for notice in self._drain():
                         yield notice
+                final = dict((await graph.aget_state(config)).values)
             stop = StopReason(final.get("stop_reason") or StopReason.completed)
         except DelibError as exc:
             error = exc

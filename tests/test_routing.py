@@ -15,12 +15,13 @@ from delib.routing import (
     MIN_REPLY_TOKENS,
     VERDICT_MIN_TOKENS,
     after_select,
-    after_watch,
     fits_budget,
+    merged,
     plan,
     prompt_limit,
     reply_cap,
     route,
+    then_plan,
     transcript_tokens,
     verdict_tokens,
     visible,
@@ -176,9 +177,19 @@ def test_simultaneous_speakers_see_earlier_rounds_and_the_moderator_only():
     assert len(visible(turns, 2, Protocol.round_robin)) == 4
 
 
-def test_watch_ends_the_graph_only_on_deadlock():
-    assert after_watch({"stop_reason": "deadlock"}) == "end"
-    assert after_watch({}) == "plan"
+def test_a_deadlock_ends_the_graph_and_other_stops_go_to_the_verdict():
+    assert route({"stop_reason": "deadlock"}) == "end"
+    assert route({"stop_reason": "token_budget"}) == "close"
+
+
+def test_a_node_update_is_planned_on_the_state_it_will_make():
+    state = {"round": 1, "count": 3, "tokens": 10, "said": {"a": 1}}
+    update = {"count": 1, "tokens": 5, "said": {"b": 1}}
+    assert merged(state, update) == {"round": 1, "count": 4, "tokens": 15,
+                                     "said": {"a": 1, "b": 1}}  # fmt: skip
+    planned = then_plan(state, update, context())
+    assert planned["pending"] == ["c"] and planned["count"] == 1
+    assert then_plan(state, {"stop_reason": "deadlock"}, context()) == {"stop_reason": "deadlock"}
 
 
 def detection(speakers, score=0.9, detector="repetition"):
