@@ -16,7 +16,6 @@ What differs between OpenAI-compatible servers is handled here and nowhere else:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,23 +28,21 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from delib.config import Endpoint
 from delib.errors import AuthError, EndpointFailed, EndpointUnreachable, UnknownModel
+from delib.failures import (
+    describe_error,
+    is_model_error,
+    is_retryable,
+    is_stream_options_error,
+    is_template_error,
+    message_of,
+    retry_after,
+    status_of,
+)
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
 MAX_RETRY_AFTER = 60.0
 # Back-off never waits longer than this between attempts.
 MAX_BACKOFF = 30.0
-# Phrases servers use when a chat template rejects the message layout (llama.cpp, vLLM,
-# Ollama, LM Studio, transformers templates).
-TEMPLATE_ERROR_MARKERS = (
-    "system role",
-    "system message",
-    "roles must alternate",
-    "conversation roles",
-    "must alternate",
-    "chat template",
-    "developer role",
-)
 # Timeout for listing models before a run; the listing is small.
 MODELS_TIMEOUT = 15.0
 
@@ -103,63 +100,6 @@ class Adaptation:
     reason: str
 
 
-def _status(exc: BaseException) -> int | None:
-    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body
-        if isinstance(body, dict):
-            inner = body.get("error", body)
-            if isinstance(inner, dict) and inner.get("message"):
-                return str(inner["message"])
-            if isinstance(inner, str):
-                return inner
-        return exc.message
-    return str(exc) or type(exc).__name__
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Connection problems, timeouts, 408/409/429 and 5xx; never other 4xx."""
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    status = _status(exc)
-    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
-
-
-def is_template_error(exc: BaseException) -> bool:
-    if _status(exc) not in (400, 422):
-        return False
-    text = _message(exc).lower()
-    return any(marker in text for marker in TEMPLATE_ERROR_MARKERS)
-
-
-def is_stream_options_error(exc: BaseException) -> bool:
-    return _status(exc) in (400, 422) and "stream_options" in _message(exc).lower()
-
-
-def is_model_error(exc: BaseException) -> bool:
-    status = _status(exc)
-    text = _message(exc).lower()
-    if status == 404:
-        return "model" in text
-    return status == 400 and "model" in text and ("not found" in text or "does not exist" in text)
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    if not isinstance(exc, openai.APIStatusError):
-        return None
-    value = exc.response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
 class EndpointClient:
     """Talks to one endpoint; shared by every persona that uses it in a run."""
 
@@ -195,7 +135,7 @@ class EndpointClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        after = _retry_after(exc) if exc else None
+        after = retry_after(exc) if exc else None
         if after is not None and after <= MAX_RETRY_AFTER:
             return after
         base = self.endpoint.config.retry_wait
@@ -239,7 +179,7 @@ class EndpointClient:
                 f"cannot reach endpoint '{name}' at {url}{tries} ({describe_error(cause)}); "
                 "is the server running, and is the URL right?"
             )
-        status = _status(exc)
+        status = status_of(exc)
         if status in (401, 403):
             key_hint = (
                 f"check the key in {self.endpoint.api_key_env}"
@@ -248,17 +188,17 @@ class EndpointClient:
             )
             return AuthError(
                 f"endpoint '{name}' at {url} refused the request (HTTP {status}: "
-                f"{_message(exc)}); {key_hint}"
+                f"{message_of(exc)}); {key_hint}"
             )
         if is_model_error(exc):
-            return UnknownModel(await self._unknown_model_text(_message(exc)))
+            return UnknownModel(await self._unknown_model_text(message_of(exc)))
         if status == 404:
             return EndpointFailed(
                 f"endpoint '{name}' answered 404 for {url}/chat/completions; "
                 "the base URL usually ends in /v1"
             )
         return EndpointFailed(
-            f"endpoint '{name}' at {url} failed{tries}: HTTP {status}: {_message(exc)}"
+            f"endpoint '{name}' at {url} failed{tries}: HTTP {status}: {message_of(exc)}"
         )
 
     async def _unknown_model_text(self, detail: str) -> str:
@@ -337,14 +277,14 @@ class EndpointClient:
                     cause = err.__cause__
                     if stream and self.stream_usage and is_stream_options_error(cause):
                         self.stream_usage = False
-                        self._adapt("stream_options off", _message(cause))
+                        self._adapt("stream_options off", message_of(cause))
                         continue
                     if not self.fold_system and is_template_error(cause):
                         if self.endpoint.config.system_message == "native":
                             raise
                         self.fold_system = True
                         self._adapt(
-                            "system message folded into first user message", _message(cause)
+                            "system message folded into first user message", message_of(cause)
                         )
                         continue
                     raise
@@ -403,16 +343,6 @@ class EndpointClient:
             return reply
 
         return call
-
-
-def describe_error(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    status = _status(exc)
-    if status is not None:
-        return f"HTTP {status}: {_message(exc)}"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass

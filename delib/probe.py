@@ -16,8 +16,8 @@ from typing import Any
 import openai
 
 from delib.config import Endpoint
-from delib.endpoints import (
-    EndpointClient,
+from delib.endpoints import EndpointClient
+from delib.failures import (
     describe_error,
     is_model_error,
     is_stream_options_error,

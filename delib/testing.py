@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
-import re
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,34 +29,11 @@ from typing import Any
 
 import httpx
 
-from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
+from delib.responders import debate_responder
 
 Responder = Callable[[dict], str]
 
-# Enough words that replies drawn from them stay varied over a long debate (a healthy debate
-# for the loop detectors), as real panel turns do.
-_WORDS = (
-    "oversight evidence proxy pointer feature circuit audit character uncertainty values "
-    "verification capability trust incentive deployment society benchmark training reward "
-    "generalisation interpretability honesty deception robustness transparency governance "
-    "humility experiment calibration disagreement precedent threshold sycophancy scheming "
-    "monitoring sandbagging elicitation debate amplification constitution preference pluralism "
-    "legitimacy accountability regulator laboratory compute scaling emergence probe steering "
-    "dictionary superposition activation attribution faithfulness reasoning transcript agent "
-    "autonomy corrigibility shutdown goal mesa optimiser objective specification gaming "
-    "distribution shift red-teaming evaluation forecasting timeline takeoff coordination treaty "
-    "liability insurance audit-trail provenance watermark consent stakeholder minority culture "
-    "tradeoff caution ambition curiosity stewardship fallibility revision counterexample anecdote "
-    "metric survey dataset annotation rubric critique rebuttal synthesis consensus dissent"
-).split()
-_OPENERS = (
-    "{who} argues that",
-    "{who} doubts that",
-    "In {who}'s view,",
-    "{who} would add that",
-    "Against the last point, {who} holds that",
-    "{who} asks whether",
-)
+__all__ = ["Answer", "Fault", "FakeOpenAIServer", "FakeTransport", "answer", "debate_responder"]
 
 
 @dataclass
@@ -69,44 +43,6 @@ class Fault:
     status: int = 500
     message: str = "injected fault"
     retry_after: float | None = None
-
-
-def _last_user(request: dict) -> str:
-    for message in reversed(request.get("messages", [])):
-        if message.get("role") == "user":
-            return str(message.get("content", ""))
-    return ""
-
-
-def debate_responder(request: dict) -> str:
-    """Plausible, varied replies for delib's prompts: turns, speaker choices and verdicts."""
-    text = _last_user(request)
-    all_text = json.dumps(request.get("messages", []))
-    rng = random.Random(zlib.crc32(all_text.encode()))
-    if SELECT_MARKER in text:
-        ids = re.findall(r"^- ([a-z0-9][a-z0-9_-]*):", text, flags=re.M)
-        return ids[-1] if ids else "nobody"
-    if VERDICT_MARKER in text:
-        tail = text[text.find('"positions"') :]
-        positions = dict.fromkeys(re.findall(r'"([a-z0-9][a-z0-9_-]*)": "\.\.\."', tail), "")
-        for pid in positions:
-            positions[pid] = f"{pid} holds that {' '.join(rng.sample(_WORDS, 4))} matter most."
-        verdict = {
-            "summary": "The panel weighed " + ", ".join(rng.sample(_WORDS, 3)) + ".",
-            "agreements": ["Verification gets harder as capability grows."],
-            "disagreements": ["Whether character training generalises."],
-            "open_questions": ["What evidence would change minds?"],
-            "positions": positions,
-        }
-        return json.dumps(verdict)
-    match = re.search(rf"{TURN_MARKER}, ([^.(]+)", text)
-    who = match.group(1).strip() if match else "Speaker"
-    sentences = []
-    for _ in range(rng.randint(2, 3)):
-        opener = rng.choice(_OPENERS).format(who=who)
-        a, b, c, d, e = rng.sample(_WORDS, 5)
-        sentences.append(f"{opener} {a} and {b} shape {c}, while {d} limits {e}.")
-    return " ".join(sentences)
 
 
 @dataclass

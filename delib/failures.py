@@ -1,0 +1,92 @@
+"""What an OpenAI-compatible server's error means: retry it, adapt to it, or give up.
+
+Pure functions over the ``openai`` client's exceptions, shared by ``endpoints`` (one model
+call, with retries and fallbacks) and ``probe`` (``delib endpoints check``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import openai
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Phrases servers use when a chat template rejects the message layout (llama.cpp, vLLM,
+# Ollama, LM Studio, transformers templates).
+TEMPLATE_ERROR_MARKERS = (
+    "system role",
+    "system message",
+    "roles must alternate",
+    "conversation roles",
+    "must alternate",
+    "chat template",
+    "developer role",
+)
+
+
+def status_of(exc: BaseException) -> int | None:
+    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
+
+
+def message_of(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        if isinstance(body, dict):
+            inner = body.get("error", body)
+            if isinstance(inner, dict) and inner.get("message"):
+                return str(inner["message"])
+            if isinstance(inner, str):
+                return inner
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection problems, timeouts, 408/409/429 and 5xx; never other 4xx."""
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    status = status_of(exc)
+    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
+
+
+def is_template_error(exc: BaseException) -> bool:
+    if status_of(exc) not in (400, 422):
+        return False
+    text = message_of(exc).lower()
+    return any(marker in text for marker in TEMPLATE_ERROR_MARKERS)
+
+
+def is_stream_options_error(exc: BaseException) -> bool:
+    return status_of(exc) in (400, 422) and "stream_options" in message_of(exc).lower()
+
+
+def is_model_error(exc: BaseException) -> bool:
+    status = status_of(exc)
+    text = message_of(exc).lower()
+    if status == 404:
+        return "model" in text
+    return status == 400 and "model" in text and ("not found" in text or "does not exist" in text)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    value = exc.response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def describe_error(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    status = status_of(exc)
+    if status is not None:
+        return f"HTTP {status}: {message_of(exc)}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
