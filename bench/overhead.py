@@ -18,13 +18,13 @@ from openai import AsyncOpenAI
 
 from bench.common import Stopwatch, fake_server, median, server_requests, temp_archive
 from delib.config import Overrides
-from delib.runner import Run, RunRequest
+from delib.runner import Run, RunRequest, run_debate
 
 SCENARIO = "alignment-difficulty"  # moderator + 3 participants: 4 turns a round after the first
 
 
-async def delib_once(base_url: str, rounds: int, stream: bool) -> tuple[Stopwatch, int, list]:
-    request = RunRequest(
+def debate_request(base_url: str, rounds: int, stream: bool) -> RunRequest:
+    return RunRequest(
         scenario=SCENARIO,
         overrides=Overrides(base_url=base_url, model="test-model"),
         rounds=rounds,
@@ -32,7 +32,10 @@ async def delib_once(base_url: str, rounds: int, stream: bool) -> tuple[Stopwatc
         archive=temp_archive(),
         stream=stream,
     )
-    run = Run(request)
+
+
+async def delib_once(base_url: str, rounds: int, stream: bool) -> tuple[Stopwatch, int, list]:
+    run = Run(debate_request(base_url, rounds, stream))
     watch = Stopwatch()
     try:
         async for message in run.stream():
@@ -112,28 +115,14 @@ async def checkpoint_growth(tiny: bool = False) -> list[dict]:
     rows = []
     with fake_server() as base_url:
         for rounds in (2, 4) if tiny else (5, 10, 20, 40):
-            request = RunRequest(
-                scenario=SCENARIO,
-                overrides=Overrides(base_url=base_url, model="test-model"),
-                rounds=rounds,
-                token_budget=10**9,
-                archive=temp_archive(),
-                stream=False,
-            )
-            run = Run(request)
-            try:
-                async for _ in run.stream():
-                    pass
-            finally:
-                await run.aclose()
-            assert run.result is not None
-            path = run.result.folder / archive.CHECKPOINT_FILE
+            result = await run_debate(debate_request(base_url, rounds, stream=False))
+            path = result.folder / archive.CHECKPOINT_FILE
             size = sum(
                 Path(f"{path}{suffix}").stat().st_size
                 for suffix in ("", "-wal")
                 if Path(f"{path}{suffix}").exists()
             )
-            turns = len(run.result.turns)
+            turns = len(result.turns)
             rows.append(
                 {
                     "rounds": rounds,

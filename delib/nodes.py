@@ -15,9 +15,9 @@ from langgraph.runtime import Runtime
 from delib import prompts
 from delib.ladder import LADDER, climb, resolved
 from delib.loops import Detection, LoopMode, detect
-from delib.records import estimate_tokens
+from delib.records import estimate_tokens, spent
 from delib.routing import then_plan, transcript_tokens, verdict_tokens, visible
-from delib.speaking import build_prompt, call, emit, speak_turn, token_counts, turn_tokens
+from delib.speaking import build_prompt, call, emit, speak_turn, token_counts
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.verdict import parse_verdict
 
@@ -42,7 +42,7 @@ async def _moderator(runtime: Ctx, state: DebateState, kind: str, instruction: s
         visible=ctx.log.turns,
         instruction=instruction,
     )
-    return {"count": 1, "tokens": turn_tokens(turn)}
+    return {"count": 1, "tokens": spent(turn["tokens"])}
 
 
 async def open_debate(state: DebateState, runtime: Ctx) -> dict:
@@ -66,7 +66,7 @@ async def speak(task: SpeakTask, runtime: Ctx) -> dict:
         instruction=prompts.turn_instruction(speaker, task["round"], ctx.rounds),
         model=task.get("model"),
     )
-    return {"count": 1, "tokens": turn_tokens(turn), "said": {speaker.id: task["round"]}}
+    return {"count": 1, "tokens": spent(turn["tokens"]), "said": {speaker.id: task["round"]}}
 
 
 async def select(state: DebateState, runtime: Ctx) -> dict:
@@ -106,7 +106,7 @@ async def select(state: DebateState, runtime: Ctx) -> dict:
     return {
         "pending": [choice],
         "events": 1,
-        "tokens": tokens["prompt"] + tokens["completion"],
+        "tokens": spent(tokens),
     }
 
 
@@ -229,7 +229,7 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
         max_tokens=cap,
         stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
     )
-    used = {"count": 1, "tokens": turn_tokens(first)}
+    used = {"count": 1, "tokens": spent(first["tokens"])}
     try:
         verdict = parse_verdict(first["text"], participants)
         return {**used, "verdict": {"valid": True, **verdict.model_dump()}}
@@ -246,10 +246,10 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
     started = time.perf_counter()
     reply = await call(ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False)
     tokens = token_counts(reply, prompt)
-    spent = {
+    charged = {
         "count": 1,
         "events": 2,
-        "tokens": used["tokens"] + tokens["prompt"] + tokens["completion"],
+        "tokens": used["tokens"] + spent(tokens),
     }
     try:
         verdict = parse_verdict(reply.text, participants)
@@ -262,7 +262,7 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
             latency=round(time.perf_counter() - started, 3),
             text=reply.text.strip(),
         )
-        return {**spent, "verdict": {"valid": True, "retried": True, **verdict.model_dump()}}
+        return {**charged, "verdict": {"valid": True, "retried": True, **verdict.model_dump()}}
     except ValueError as exc:
         emit(
             ctx,
@@ -274,4 +274,4 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
             text=reply.text.strip(),
         )
         text = reply.text.strip() or first["text"]
-        return {**spent, "verdict": {"valid": False, "error": str(exc), "text": text}}
+        return {**charged, "verdict": {"valid": False, "error": str(exc), "text": text}}

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from delib.config import Config, Overrides, Resolver, SpeakerSettings
 from delib.endpoints import Clients
-from delib.errors import SettingError, UnknownIdError
+from delib.errors import SettingError
 from delib.local import DEFAULT_CTX, LocalServer, model_for
 from delib.loops import LoopConfig, LoopMode
 from delib.personas import Persona, persona_library
@@ -201,14 +201,7 @@ async def prepare(
         loaded = scenario_library(req.scenarios_dir).get(req.scenario)
         scenario = loaded.item
         scenario_source = Source(str(loaded.path), loaded.sha256)
-    if given or isinstance(req.scenario, Scenario):
-        known = sorted({*personas.ids(), *given})
-        for pid in [scenario.moderator, *scenario.participants]:
-            if pid not in known:
-                raise UnknownIdError("persona", pid, known, hint=f"named by scenario {scenario.id}")
-        cast_ids = [scenario.moderator, *scenario.participants]
-    else:
-        cast_ids = cast_for(scenario, Path(scenario_source.path), personas)
+    cast_ids = cast_for(scenario, scenario_source.path, personas, extra=given)
     unknown = [pid for pid in req.overrides.persona_models if pid not in cast_ids]
     if unknown:
         known = ", ".join(cast_ids)

@@ -2,9 +2,8 @@
 
 ``Recorder`` is the ``RunLog`` the graph's nodes write to. A finished turn or event is appended
 to ``turns.jsonl`` and flushed to the operating system before ``add`` returns, so ``kill -9``
-loses nothing finished (the file is fsynced at the end of the run and on every resume; see
-``archive.RunFolder.append``). While a turn is being spoken, ``inflight/<index>.partial`` holds
-what has streamed so far.
+loses nothing finished (it is fsynced too, per ``archive.FSYNC_EACH_RECORD``). While a turn
+is being spoken, ``inflight/<index>.partial`` holds what has streamed so far.
 
 The index (``index.sqlite``) gets the run's row when it starts and when it ends; readers
 catch up with turns written in between from the folder itself (``Index.sync``), so no turn
@@ -107,8 +106,7 @@ class Recorder(MemoryLog):
         records: list[Record] | None = None,
         notify: Notify | None = None,
     ) -> None:
-        super().__init__(turns_of(records or []))
-        self.records = list(records or [])
+        super().__init__(records)
         self.folder = folder
         self.manifest = manifest
         self.notify = notify or (lambda text: None)
@@ -161,7 +159,7 @@ class Recorder(MemoryLog):
     ) -> Manifest:
         """Write the final manifest and transcript.md; a finished run drops its checkpoints."""
         self.folder.sync()
-        turns = sum(1 for r in self.records if r["type"] == "turn")
+        turns = len(turns_of(self.records))
         self.manifest.update(
             loop_events=loop_summary(self.records),
             ended_at=now(),

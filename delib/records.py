@@ -137,14 +137,9 @@ class Manifest(TypedDict, total=False):
     adaptations: list[dict[str, Any]]
 
 
-def call_tokens(records: list[Record] | list[dict]) -> int:
-    """Prompt plus completion tokens of every model call in these records."""
-    total = 0
-    for record in records:
-        tokens = record.get("tokens")
-        if tokens:
-            total += tokens["prompt"] + tokens["completion"]
-    return total
+def spent(tokens: Tokens) -> int:
+    """Prompt plus completion tokens of one model call."""
+    return tokens["prompt"] + tokens["completion"]
 
 
 def token_totals(records: list[Record] | list[dict]) -> TokenTotals:
@@ -165,7 +160,7 @@ def token_totals(records: list[Record] | list[dict]) -> TokenTotals:
         totals["estimated"] = totals["estimated"] or tokens["estimated"]
         who = record.get("speaker") if record["type"] == "turn" else "moderator-calls"
         by = totals["by_speaker"]
-        by[who] = by.get(who, 0) + tokens["prompt"] + tokens["completion"]
+        by[who] = by.get(who, 0) + spent(tokens)
     totals["total"] = totals["prompt"] + totals["completion"]
     return totals
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,19 @@ class Reconciled:
 
     records: list[Record]  # turns.jsonl as it will be rewritten
     recovered: dict[int, Turn]  # finished turns the graph will reuse
-    history: dict[str, Any]  # this resume, for the manifest's ``resumed`` list
+    count: int  # turns the checkpoint has: the graph goes on after them
+    endpoints: list[str]  # where it goes on
     fresh: bool  # no checkpoint yet: the graph starts from the beginning
+    discarded: list[int] = field(default_factory=list)  # half-spoken turns (set by ``apply``)
+
+    def summary(self) -> dict[str, Any]:
+        """What the ``resumed`` event and the manifest's ``resumed`` entry say."""
+        return {
+            "after_turn": self.count,
+            "recovered_turns": sorted(self.recovered),
+            "discarded_turns": self.discarded,
+            "endpoints": self.endpoints,
+        }
 
 
 def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[str]) -> Reconciled:
@@ -130,23 +141,23 @@ def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[
     return Reconciled(
         records=kept,
         recovered=recovered,
-        history={"after_turn": count, "recovered_turns": sorted(recovered), "endpoints": endpoints},
+        count=count,
+        endpoints=endpoints,
         fresh=not has_checkpoint,
     )
 
 
-def apply(folder: RunFolder, plan: Reconciled) -> list[Event]:
-    """Rewrite the folder as ``plan`` says, recording what resume did; returns those events."""
+def apply(folder: RunFolder, plan: Reconciled) -> None:
+    """Rewrite the folder as ``plan`` says, recording what resume did."""
     added: list[Event] = []
     cut = folder.repair()
     if cut:
         added.append(make_event("truncated_line_dropped", bytes=cut))
-    discarded = []
     for entry in folder.take_inflight():
         index = entry.get("index")
-        if index in plan.recovered or (index is not None and index < plan.history["after_turn"]):
+        if index in plan.recovered or (index is not None and index < plan.count):
             continue
-        discarded.append(index)
+        plan.discarded.append(index)
         added.append(
             make_event(
                 "turn_discarded",
@@ -157,20 +168,16 @@ def apply(folder: RunFolder, plan: Reconciled) -> list[Event]:
                 reason="cut off mid-reply when the run died; spoken again",
             )
         )
-    plan.history["discarded_turns"] = discarded
-    added.append(make_event("resumed", **plan.history))
+    added.append(make_event("resumed", **plan.summary()))
     plan.records += added
     folder.rewrite(plan.records)
-    return added
 
 
 def history_entry(old: dict, plan: Reconciled, at: str) -> dict:
+    """The manifest's entry for this resume (after ``apply``)."""
     return {
         "at": at,
-        "after_turn": plan.history["after_turn"],
         "previous_stop_reason": old.get("stop_reason"),
         "previous_error": old.get("error"),
-        "recovered_turns": plan.history["recovered_turns"],
-        "discarded_turns": plan.history.get("discarded_turns", []),
-        "endpoints": plan.history["endpoints"],
+        **plan.summary(),
     }

@@ -11,7 +11,7 @@ from langgraph.types import Send
 
 from delib.records import Turn, estimate_tokens
 from delib.scenarios import Protocol
-from delib.state import DebateContext, DebateState, SpeakTask, StopReason
+from delib.state import REDUCERS, DebateContext, DebateState, SpeakTask, StopReason
 
 # The verdict is longer than a turn: at least this many tokens.
 VERDICT_MIN_TOKENS = 800
@@ -94,18 +94,12 @@ def plan(state: DebateState, ctx: DebateContext) -> dict:
     return {"round": round_no, "pending": remaining, "interject": interject, "step": step}
 
 
-# State fields whose updates add up or merge (their reducers in DebateState); others replace.
-_ADDED = ("count", "events", "tokens")
-
-
 def merged(state: DebateState, update: dict) -> DebateState:
-    """The state after ``update``, as LangGraph's reducers will make it."""
+    """The state after ``update``, as LangGraph's reducers (``DebateState``'s) will make it."""
     result: dict = {**state, **update}
-    for key in _ADDED:
-        if key in update:
-            result[key] = state.get(key, 0) + update[key]
-    if "said" in update:
-        result["said"] = {**state.get("said", {}), **update["said"]}
+    for key, reduce in REDUCERS.items():
+        if key in update and key in state:
+            result[key] = reduce(state[key], update[key])
     return result  # type: ignore[return-value]
 
 

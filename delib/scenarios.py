@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -87,9 +88,15 @@ def scenario_library(extra: Path | None = None, cwd: Path | None = None) -> Libr
     return make_library("scenarios", Scenario, extra, cwd)
 
 
-def cast_for(scenario: Scenario, scenario_path: Path, personas: Library[Persona]) -> list[str]:
-    """Check that every persona the scenario names exists; return moderator + participants."""
-    known = personas.ids()
+def cast_for(
+    scenario: Scenario,
+    scenario_path: Path | str,
+    personas: Library[Persona],
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """Check that every persona the scenario names exists, in the library or among ``extra``
+    (personas given in code); return moderator + participants."""
+    known = sorted({*personas.ids(), *extra})
     for pid in [scenario.moderator, *scenario.participants]:
         if pid not in known:
             raise UnknownIdError(

@@ -164,7 +164,3 @@ async def speak_turn(
     ctx.log.add(turn)
     writer({"kind": "turn", "turn": turn})
     return turn
-
-
-def turn_tokens(turn: Turn) -> int:
-    return turn["tokens"]["prompt"] + turn["tokens"]["completion"]

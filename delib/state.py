@@ -15,13 +15,13 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Protocol, TypedDict
+from typing import Annotated, Protocol, TypedDict, get_args, get_origin, get_type_hints
 
 from delib.config import SpeakerSettings
 from delib.endpoints import Clients
 from delib.loops import LoopConfig
 from delib.personas import Persona
-from delib.records import Record, Turn
+from delib.records import Record, Turn, turns_of
 from delib.scenarios import Protocol as TurnProtocol
 from delib.scenarios import Scenario
 
@@ -66,6 +66,14 @@ class DebateState(TypedDict, total=False):
     swapped: dict[str, str]  # participants moved to the fallback model by the ladder
 
 
+# Each accumulating field's reducer, as LangGraph applies it (routing.merged uses them too).
+REDUCERS = {
+    name: get_args(hint)[1]
+    for name, hint in get_type_hints(DebateState, include_extras=True).items()
+    if get_origin(hint) is Annotated
+}
+
+
 class SpeakTask(TypedDict):
     """What one ``speak`` node is sent: who, at which index and round, on which model."""
 
@@ -91,9 +99,9 @@ class RunLog(Protocol):
 class MemoryLog:
     """A ``RunLog`` kept in memory only (unit tests, and the base of the archive's log)."""
 
-    def __init__(self, turns: list[Turn] | None = None) -> None:
-        self._turns: list[Turn] = sorted(turns or [], key=lambda t: t["index"])
-        self.records: list[Record] = list(self._turns)
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self.records: list[Record] = list(records or [])
+        self._turns: list[Turn] = sorted(turns_of(self.records), key=lambda t: t["index"])
 
     @property
     def turns(self) -> list[Turn]:

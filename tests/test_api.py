@@ -24,6 +24,18 @@ def fake(**kwargs) -> tuple[FakeOpenAIServer, FakeTransport]:
     return server, FakeTransport(server)
 
 
+def one_round(archive: Path, transport: FakeTransport) -> delib.RunResult:
+    """alignment-difficulty, one round, against the in-process fake."""
+    return delib.run(
+        "alignment-difficulty",
+        base_url=FAKE_URL,
+        model="test-model",
+        rounds=1,
+        archive=archive,
+        transport=transport,
+    )
+
+
 def test_readme_python_example_runs(tmp_path: Path):
     """The README's Python block, run as it stands against a loopback server."""
     text = README.read_text()
@@ -124,14 +136,7 @@ def test_speaker_picking_and_verdict_retry_in_process(tmp_path: Path):
 def test_a_failure_mid_run_is_an_exception_object_and_keeps_finished_turns(tmp_path: Path):
     server, transport = fake()
     server.fail(Fault(status=400, message="bad request"), after=3)
-    result = delib.run(
-        "alignment-difficulty",
-        base_url=FAKE_URL,
-        model="test-model",
-        rounds=1,
-        archive=tmp_path,
-        transport=transport,
-    )
+    result = one_round(tmp_path, transport)
     assert result.stop_reason is delib.StopReason.error
     assert isinstance(result.error, EndpointFailed)
     assert "HTTP 400" in result.error_message
@@ -171,14 +176,7 @@ def test_resume_through_the_api_goes_on_from_the_last_turn(tmp_path: Path):
     """A run that failed at its fourth call goes on against a working server."""
     broken, transport = fake()
     broken.fail(Fault(status=400, message="overloaded"), after=3)
-    first = delib.run(
-        "alignment-difficulty",
-        base_url=FAKE_URL,
-        model="test-model",
-        rounds=1,
-        archive=tmp_path,
-        transport=transport,
-    )
+    first = one_round(tmp_path, transport)
     assert first.stop_reason is delib.StopReason.error and len(first.turns) == 3
     good, transport = fake()
     done = delib.resume(first.run_id, archive=tmp_path, transport=transport)
