@@ -21,6 +21,7 @@ given per run: ``graph.astream(state, config, context=DebateContext(...))``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -52,8 +53,17 @@ def build_graph() -> StateGraph:
     return graph
 
 
+@functools.cache
+def _compiled():
+    return build_graph().compile()
+
+
 def compile_graph(checkpointer: Any = None):
-    return build_graph().compile(checkpointer=checkpointer)
+    """The graph, compiled once per process (a few milliseconds), bound to a run's
+    checkpointer."""
+    if checkpointer is None:
+        return _compiled()
+    return _compiled().copy(update={"checkpointer": checkpointer})
 
 
 def diagram() -> str:
