@@ -249,36 +249,96 @@ def is_locked(folder: Path) -> bool:
 
 def read_records(folder: Path) -> list[dict]:
     """Every turn and event of a run; a truncated last line (a crash mid-write) is skipped
-    with a warning."""
+    with a warning.
+
+    Lines are split on ``\n`` alone: a reply may hold U+2028, U+0085 and other characters
+    that ``str.splitlines`` would break a record on, and JSON escapes every real newline.
+    """
     path = folder / TURNS_FILE
     if not path.exists():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the file ends with a newline, as it should
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict) or not _well_formed(record):
+                raise ValueError("not a turn or event record")
+        except ValueError:  # bad JSON, bad UTF-8 (a character cut in half), a wrong shape
+            if number == len(lines) and not path.read_bytes().endswith(b"\n"):
                 warnings.warn(
                     f"{path}: ignoring a truncated last line (the run died mid-write)",
                     stacklevel=2,
                 )
-            else:
-                raise InputError(f"{path}: line {number} is not valid JSON") from None
+                continue
+            raise InputError(
+                f"{path}: line {number} is not a valid record; "
+                f"`delib transcripts show` and `export` need it mended or removed"
+            ) from None
+        records.append(record)
     return records
 
 
+def _well_formed(record: dict) -> bool:
+    """The fields every reader relies on, with the right types."""
+    kind = record.get("type")
+    if kind == "turn":
+        return all(isinstance(record.get(k), int) for k in ("index", "round")) and all(
+            isinstance(record.get(k), str) for k in ("speaker", "name", "role", "kind", "text")
+        )
+    if kind == "event":
+        return isinstance(record.get("event"), str)
+    return False
+
+
 def read_manifest(folder: Path) -> dict:
+    """A run's manifest; an InputError naming the run if it is missing, unreadable or not a
+    manifest."""
     path = folder / MANIFEST_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{folder}: no {MANIFEST_FILE}; not a delib run folder") from None
+        hint = (
+            "; `delib transcripts reindex` rebuilds it from turns.jsonl"
+            if (folder / TURNS_FILE).exists()
+            else "; not a delib run folder"
+        )
+        raise InputError(f"{folder}: no {MANIFEST_FILE}{hint}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: corrupt manifest (not UTF-8)") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise InputError(f"{path}: not a delib manifest ({problem})")
+    return manifest
+
+
+def manifest_problem(manifest: object) -> str | None:
+    """What makes this not a manifest every reader can use, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    scenario = manifest.get("scenario")
+    if not isinstance(scenario, dict) or not all(
+        isinstance(scenario.get(k), str) for k in ("id", "title", "question")
+    ):
+        return "no scenario with an id, title and question"
+    personas = manifest.get("personas")
+    if not isinstance(personas, list) or not all(
+        isinstance(p, dict)
+        and all(isinstance(p.get(k), str) for k in ("id", "name", "model", "endpoint"))
+        for p in personas
+    ):
+        return "no list of personas with id, name, model and endpoint"
+    if not isinstance(manifest.get("protocol"), str) or not isinstance(manifest.get("rounds"), int):
+        return "no protocol and rounds"
+    return None
 
 
 def require_archive(archive: Path) -> Path:
@@ -293,7 +353,11 @@ def require_archive(archive: Path) -> Path:
 def run_folders(archive: Path) -> list[Path]:
     require_archive(archive)
     return sorted(
-        (p for p in archive.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()),
+        (
+            p
+            for p in archive.iterdir()
+            if p.is_dir() and ((p / MANIFEST_FILE).exists() or (p / TURNS_FILE).exists())
+        ),
         key=lambda p: p.name,
         reverse=True,
     )
@@ -301,6 +365,8 @@ def run_folders(archive: Path) -> list[Path]:
 
 def find_run(archive: Path, wanted: str) -> Path:
     """A run folder by id or unique id prefix."""
+    if not wanted.strip():
+        raise InputError("an empty run id matches nothing; see `delib transcripts list`")
     folders = run_folders(archive)
     exact = [p for p in folders if p.name == wanted]
     if exact:

@@ -19,8 +19,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from delib import __version__
 from delib.archive import (
@@ -54,6 +54,7 @@ from delib.render import LiveView, markdown, verdict_lines
 from delib.resume import resume_request
 from delib.runner import Run, RunResult
 from delib.scenarios import Protocol, scenario_library
+from delib.terminal import inert, safe
 
 app = typer.Typer(
     help="Multi-agent deliberation: personas argue a question through on any "
@@ -265,6 +266,7 @@ def run(
 
 # How the CLI words a run setting that the library names in an error (SettingError.setting).
 SETTING_FLAGS = {
+    "base_url": "--base-url",
     "loop_options": "--loop-option",
     "persona_models": "--persona-model",
     "rounds": "--rounds",
@@ -284,7 +286,7 @@ def _execute(debate: Run, as_json: bool) -> None:
     try:
         result = asyncio.run(_run(debate, view, view_console))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        where = f" in {escape(str(debate.folder))}" if debate.folder else ""
+        where = f" in {safe(str(debate.folder))}" if debate.folder else ""
         err.print(
             f"[yellow]interrupted[/yellow]; finished turns are kept{where}; "
             "'delib resume RUN' goes on from there",
@@ -303,18 +305,18 @@ def _execute(debate: Run, as_json: bool) -> None:
         out.print(
             f"[{style}]stop reason: {result.stop_reason.value}[/{style}] · {len(result.turns)} "
             f"turns · {tokens.get('total', 0)} tokens"
-            f"{' (estimated)' if tokens.get('estimated') else ''} · {escape(str(result.folder))}",
+            f"{' (estimated)' if tokens.get('estimated') else ''} · {safe(str(result.folder))}",
             soft_wrap=True,
         )
     if result.error is not None or result.error_message:
         line = _error_line(result.error) if isinstance(result.error, DelibError) else None
         err.print(
-            f"[red]error:[/red] {escape(line or result.error_message or '')}",
+            f"[red]error:[/red] {safe(line or result.error_message or '')}",
             highlight=False,
             soft_wrap=True,
         )
         err.print(
-            f"[dim]finished turns are kept in {escape(str(result.folder))}; "
+            f"[dim]finished turns are kept in {safe(str(result.folder))}; "
             f"'delib resume {result.run_id}' goes on from there[/dim]",
             soft_wrap=True,
         )
@@ -334,10 +336,10 @@ def _ready(console: Console, message: dict) -> None:
         _say_local(console, message["local"])
     models = sorted({f"{s.model} @ {s.endpoint.name}" for s in ctx.speakers.values()})
     if message["resume"] is not None:
-        console.print(f"[cyan]resuming[/cyan] {escape(message['resume'].name)}", soft_wrap=True)
+        console.print(f"[cyan]resuming[/cyan] {safe(message['resume'].name)}", soft_wrap=True)
     console.print(
-        f"[bold]{escape(ctx.scenario.title)}[/bold]  [dim]{ctx.protocol.value}, "
-        f"{ctx.rounds} round{'s' if ctx.rounds > 1 else ''}, {escape(', '.join(models))}[/dim]"
+        f"[bold]{safe(ctx.scenario.title)}[/bold]  [dim]{ctx.protocol.value}, "
+        f"{ctx.rounds} round{'s' if ctx.rounds > 1 else ''}, {safe(', '.join(models))}[/dim]"
     )
 
 
@@ -355,9 +357,9 @@ async def _run(debate: Run, view: LiveView, console: Console) -> RunResult:
             kind = message["kind"]
             if kind == "notice":
                 if status is not None:
-                    status.update(escape(message["text"]))
+                    status.update(safe(message["text"]))
                 else:
-                    err.print(f"[yellow]note:[/yellow] {escape(message['text'])}", soft_wrap=True)
+                    err.print(f"[yellow]note:[/yellow] {safe(message['text'])}", soft_wrap=True)
             elif kind == "ready":
                 status.stop()
                 status = None
@@ -428,7 +430,7 @@ def _say_local(console: Console, server: LocalServer) -> None:
         if model.bundled
         else f"context {server.ctx} tokens"
     )
-    console.print(f"[cyan]local model[/cyan] {escape(model.describe())}", soft_wrap=True)
+    console.print(f"[cyan]local model[/cyan] {safe(model.describe())}", soft_wrap=True)
     console.print(f"[dim]serving at {server.base_url} · {note}[/dim]", soft_wrap=True)
     for line in server.notes:
         console.print(f"[dim]{line}[/dim]")
@@ -448,7 +450,8 @@ def endpoints_list() -> None:
         source = "preset" if PRESETS.get(name) is cfg else "delib.toml"
         if name == config.default_endpoint:
             source += " (default)"
-        table.add_row(name, cfg.base_url, cfg.model or "(server's only model)", source)
+        model = cfg.model or "(server's only model)"
+        table.add_row(safe(name), safe(cfg.base_url), safe(model), source)
     if EMBEDDED_ENDPOINT not in config.endpoints:
         state = "installed" if extra_installed() else "not installed: pip install 'delib[local]'"
         table.add_row(
@@ -458,10 +461,10 @@ def endpoints_list() -> None:
             f"built in, {state}",
         )
     if os.environ.get("OPENAI_BASE_URL"):
-        table.add_row("env", os.environ["OPENAI_BASE_URL"], "", "OPENAI_BASE_URL")
+        table.add_row("env", safe(os.environ["OPENAI_BASE_URL"]), "", "OPENAI_BASE_URL")
     out.print(table)
     sources = ", ".join(str(p) for p in config.sources) or "none found"
-    out.print(f"[dim]config files: {sources}[/dim]", soft_wrap=True)
+    out.print(f"[dim]config files: {safe(sources)}[/dim]", soft_wrap=True)
 
 
 @endpoints_app.command("check")
@@ -489,13 +492,13 @@ def endpoints_check(
     if as_json:
         print(json.dumps(report.to_dict()))
     else:
-        out.print(f"[bold]{report.endpoint}[/bold] {report.base_url}", soft_wrap=True)
+        out.print(f"[bold]{safe(report.endpoint)}[/bold] {safe(report.base_url)}", soft_wrap=True)
         table = Table(box=None, show_header=False)
         words = {True: "yes", False: "no", None: "?"}
         colours = {True: "green", False: "red", None: "yellow"}
         for f in report.findings:
             colour = colours[f.ok]
-            table.add_row(f.check, f"[{colour}]{words[f.value]}[/{colour}]", f.detail)
+            table.add_row(f.check, f"[{colour}]{words[f.value]}[/{colour}]", safe(f.detail))
         out.print(table)
         verdict = "[green]usable[/green]" if report.usable else "[red]not usable[/red]"
         out.print(f"{verdict} for delib runs")
@@ -558,7 +561,7 @@ async def _serve(server: LocalServer) -> int:
             await server.start()
         for line in server.notes:
             out.print(f"[dim]{line}[/dim]")
-        out.print(f"[cyan]serving[/cyan] {escape(server.model.describe())}", soft_wrap=True)
+        out.print(f"[cyan]serving[/cyan] {safe(server.model.describe())}", soft_wrap=True)
         fold = " --system-message fold" if server.model.chat_format == "gemma" else ""
         out.print(f"base URL: {server.base_url}", soft_wrap=True)
         out.print(
@@ -567,7 +570,7 @@ async def _serve(server: LocalServer) -> int:
         out.print("[dim]Ctrl-C stops the server[/dim]")
         while server.alive():
             await asyncio.sleep(0.5)
-        err.print(f"[red]error:[/red] {escape(server.death_note() or '')}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {safe(server.death_note() or '')}", soft_wrap=True)
         return EXIT_ERROR
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -614,7 +617,7 @@ def personas_list(personas_dir: PersonasDir = None) -> None:
     table.add_column("role")
     for loaded in persona_library(personas_dir).all():
         p = loaded.item
-        table.add_row(p.id, p.name, p.role)
+        table.add_row(safe(p.id), safe(p.name), safe(p.role))
     out.print(table)
 
 
@@ -625,15 +628,18 @@ def personas_show(
     """Show one persona in full."""
     loaded = persona_library(personas_dir).get(persona_id)
     p = loaded.item
-    out.print(f"[bold]{p.name}[/bold] ({p.id}) — {p.role}\n[dim]{loaded.path}[/dim]\n")
-    out.print(p.prompt.strip(), markup=False)
+    out.print(
+        f"[bold]{safe(p.name)}[/bold] ({safe(p.id)}) — {safe(p.role)}\n"
+        f"[dim]{safe(loaded.path)}[/dim]\n"
+    )
+    out.print(inert(p.prompt.strip()), markup=False)
     settings = {
         k: v
         for k, v in p.model_dump().items()
         if k in ("endpoint", "model", "temperature", "max_tokens") and v is not None
     }
     if settings:
-        out.print(f"\n[dim]model settings: {settings}[/dim]")
+        out.print(f"\n[dim]model settings: {safe(settings)}[/dim]")
 
 
 @scenarios_app.command("list")
@@ -647,7 +653,8 @@ def scenarios_list(scenarios_dir: ScenariosDir = None) -> None:
     table.add_column("participants", overflow="fold")
     for loaded in scenario_library(scenarios_dir).all():
         s = loaded.item
-        table.add_row(s.id, s.title, s.protocol.value, str(s.rounds), ", ".join(s.participants))
+        who = safe(", ".join(s.participants))
+        table.add_row(safe(s.id), safe(s.title), s.protocol.value, str(s.rounds), who)
     out.print(table)
 
 
@@ -659,15 +666,15 @@ def scenarios_show(
     """Show one scenario in full."""
     loaded = scenario_library(scenarios_dir).get(scenario_id)
     s = loaded.item
-    out.print(f"[bold]{s.title}[/bold] ({s.id})\n[dim]{loaded.path}[/dim]\n")
-    out.print(f"Question: {s.question.strip()}\n", markup=False)
+    out.print(f"[bold]{safe(s.title)}[/bold] ({safe(s.id)})\n[dim]{safe(loaded.path)}[/dim]\n")
+    out.print(inert(f"Question: {s.question.strip()}\n"), markup=False)
     if s.background:
-        out.print(f"Background: {s.background.strip()}\n", markup=False)
-    out.print(f"Moderator: {s.moderator}\nParticipants: {', '.join(s.participants)}")
-    out.print(f"Protocol: {s.protocol.value}, rounds: {s.rounds}, source: {s.source_seed}")
+        out.print(inert(f"Background: {s.background.strip()}\n"), markup=False)
+    out.print(safe(f"Moderator: {s.moderator}\nParticipants: {', '.join(s.participants)}"))
+    out.print(safe(f"Protocol: {s.protocol.value}, rounds: {s.rounds}, source: {s.source_seed}"))
     limits = {k: v for k, v in s.limits.model_dump().items() if v is not None}
     if limits:
-        out.print(f"Limits: {limits}")
+        out.print(f"Limits: {safe(limits)}")
 
 
 # --- transcripts ------------------------------------------------------------------------------
@@ -675,7 +682,7 @@ def _open_index(archive: Path | None) -> Index:
     """The archive's index, brought up to date with the run folders."""
     index = Index.open(require_archive(archive_dir(archive)))
     for problem in index.sync():
-        err.print(f"[yellow]warning:[/yellow] skipped {escape(problem)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] skipped {safe(problem)}", soft_wrap=True)
     return index
 
 
@@ -686,7 +693,10 @@ def _since(value: str | None) -> str | None:
     match = re.fullmatch(r"(\d+)([mhdw])", value.strip())
     if match:
         unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
-        then = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+        try:
+            then = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+        except (OverflowError, ValueError):
+            raise InputError(f"--since '{value}': that reaches back before year 1") from None
         return then.isoformat(timespec="milliseconds")
     try:
         parsed = datetime.fromisoformat(value.strip())
@@ -737,8 +747,9 @@ def transcripts_list(
         reason = r["stop_reason"] or "running or killed"
         if r["resumed"]:
             reason += f" (resumed ×{r['resumed']})"
+        models = safe(", ".join(r["models"]))
         table.add_row(
-            r["run_id"], reason, str(r["turns"]), str(r["tokens"] or ""), ", ".join(r["models"])
+            safe(r["run_id"]), safe(reason), str(r["turns"]), str(r["tokens"] or ""), models
         )
     out.print(table)
 
@@ -785,20 +796,18 @@ def transcripts_search(
         print(json.dumps(plain))
         return
     if not hits:
-        out.print(f"no turn matches {query!r}")
+        out.print(f"no turn matches {safe(repr(query))}")
         raise typer.Exit(EXIT_ERROR)
     for h in hits:
-        snippet = (
-            escape(h.snippet)
-            .replace(HIT_START, "[bold reverse]")
-            .replace(HIT_END, "[/bold reverse]")
-        )
+        snippet = Text("  ")
+        for n, part in enumerate(h.snippet.replace(HIT_END, HIT_START).split(HIT_START)):
+            snippet.append(inert(part), style="bold reverse" if n % 2 else "")
         out.print(
-            f"[cyan]{h.run_id}[/cyan] [dim]turn {h.index} · round {h.round} ·[/dim] "
-            f"[bold]{escape(h.name or h.speaker)}[/bold]",
+            f"[cyan]{safe(h.run_id)}[/cyan] [dim]turn {h.index} · round {h.round} ·[/dim] "
+            f"[bold]{safe(h.name or h.speaker)}[/bold]",
             soft_wrap=True,
         )
-        out.print(f"  {snippet}", soft_wrap=True)
+        out.print(snippet, soft_wrap=True)
     out.print(f"[dim]{len(hits)} hit{'s' if len(hits) != 1 else ''}[/dim]")
 
 
@@ -816,16 +825,22 @@ def transcripts_export(
         typer.Option("--format", "-f", help="md, json (manifest and records) or html (one file)."),
     ] = ExportFormat.md,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+        Path | None,
+        typer.Option("--output", "-o", help="Write here instead of stdout ('-' is stdout)."),
     ] = None,
     archive: ArchiveOpt = None,
 ) -> None:
     """Export one run as Markdown, JSON or a self-contained HTML page."""
-    _, manifest, records = _load_run(archive, run_id)
+    folder, manifest, records = _load_run(archive, run_id)
     text = export(manifest, records, fmt.value)
-    if output is None:
+    if output is None or str(output) == "-":
         sys.stdout.write(text)
         return
+    if output.resolve().parent == folder.resolve():
+        raise InputError(
+            f"--output {output} is inside the run's own folder; export elsewhere "
+            "(the run's files are its record)"
+        )
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
@@ -848,13 +863,15 @@ def transcripts_diff(
     if as_json:
         print(json.dumps(result))
         return
-    out.print(f"[bold]A[/bold] {result['a']}\n[bold]B[/bold] {result['b']}", soft_wrap=True)
+    out.print(
+        f"[bold]A[/bold] {safe(result['a'])}\n[bold]B[/bold] {safe(result['b'])}", soft_wrap=True
+    )
     if result["settings"]:
         table = Table(title="settings that differ", box=None, title_justify="left")
         for column in ("setting", "A", "B"):
             table.add_column(column, overflow="fold")
         for row in result["settings"]:
-            table.add_row(row["setting"], str(row["a"]), str(row["b"]))
+            table.add_row(safe(row["setting"]), safe(row["a"]), safe(row["b"]))
         out.print(table)
     else:
         out.print("[dim]same settings[/dim]")
@@ -863,7 +880,7 @@ def transcripts_diff(
         if side is None:
             return "[dim]—[/dim]"
         text = side["text"] if len(side["text"]) <= width else side["text"][: width - 1] + "…"
-        return f"[bold]{escape(side['speaker'])}[/bold] [dim]{side['kind']}[/dim]\n{escape(text)}"
+        return f"[bold]{safe(side['speaker'])}[/bold] [dim]{safe(side['kind'])}[/dim]\n{safe(text)}"
 
     table = Table(title="turns", box=None, title_justify="left", show_lines=True)
     table.add_column("#", justify="right", no_wrap=True)
@@ -876,7 +893,7 @@ def transcripts_diff(
     for side, manifest in (("A", ma), ("B", mb)):
         lines = verdict_lines(manifest)
         out.print(f"[bold]verdict {side}[/bold]")
-        out.print("\n".join(lines[2:]).strip() or "(none)", markup=False)
+        out.print(inert("\n".join(lines[2:]).strip()) or "(none)", markup=False)
 
 
 @transcripts_app.command("delete")
@@ -887,6 +904,10 @@ def transcripts_delete(
 ) -> None:
     """Delete one run's folder and its index entries."""
     folder = find_run(archive_dir(archive), run_id)
+    if folder.is_symlink():
+        raise InputError(
+            f"{folder} is a symbolic link; delete does not follow links: remove the link itself"
+        )
     if is_locked(folder):
         raise InputError(f"run {folder.name} is running; stop it before deleting it")
     if not yes:
@@ -906,16 +927,20 @@ def transcripts_reindex(archive: ArchiveOpt = None) -> None:
     """Rebuild the archive's search index from the run folders alone."""
     path = require_archive(archive_dir(archive))
     with Index.open(path) as index:
-        count, problems = index.rebuild()
+        count, problems, rebuilt = index.rebuild()
+    for name in rebuilt:
+        err.print(
+            f"rebuilt the missing manifest of {safe(name)} from its turns.jsonl", soft_wrap=True
+        )
     for problem in problems:
-        err.print(f"[yellow]warning:[/yellow] skipped {escape(problem)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] skipped {safe(problem)}", soft_wrap=True)
     out.print(f"indexed {count} run{'s' if count != 1 else ''} in {path}", soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_ERROR)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/yellow] {safe(str(message))}", soft_wrap=True)
 
 
 def main() -> None:
@@ -926,7 +951,7 @@ def main() -> None:
     except DelibError as exc:
         if DEBUG["on"]:
             raise
-        err.print(f"[red]error:[/red] {escape(_error_line(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {safe(_error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         err.print("[yellow]interrupted[/yellow]; finished turns are kept in the run folder")

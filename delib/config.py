@@ -30,11 +30,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from delib.errors import FileFormatError, InputError, MissingApiKey, UnknownIdError
+from delib.errors import FileFormatError, InputError, MissingApiKey, SettingError, UnknownIdError
 from delib.library import format_validation_error
 from delib.personas import Persona
 from delib.scenarios import Scenario
@@ -65,16 +65,58 @@ LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0")
 SystemMode = Literal["auto", "native", "fold"]
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an endpoint's base URL, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected an http:// or https:// URL with a host, e.g. http://localhost:8080/v1"
+    return None
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password in it (``http://user:SECRET@host``) replaced by ``***``."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 class EndpointConfig(BaseModel):
     """One OpenAI-compatible server."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str = Field(min_length=1, description="e.g. http://localhost:11434/v1")
+
+    @field_validator("base_url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     model: str | None = Field(default=None, description="Model used unless a flag or file says")
     api_key_env: str | None = Field(default=None, description="Environment variable with the key")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers")
-    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT, gt=0, description="Seconds for one request, streaming included"
+    )
+    idle_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a streamed reply may go without a chunk (default: timeout)",
+    )
     connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
     system_message: SystemMode = Field(
         default="auto",
@@ -192,11 +234,12 @@ class Endpoint:
         """What the manifest records: no key, no header values."""
         return {
             "name": self.name,
-            "base_url": self.config.base_url,
+            "base_url": redact_url(self.config.base_url),
             "api_key_env": self.api_key_env,
             "header_names": sorted(self.config.headers),
             "system_message": self.config.system_message,
             "timeout": self.config.timeout,
+            "idle_timeout": self.config.idle_timeout,
             "prompt_layout": self.layout(),
         }
 
@@ -295,6 +338,9 @@ class Resolver:
         if name not in self._cache:
             key, env = _api_key(name, self.overrides.api_key_env, "OPENAI_API_KEY")
             mode = self.overrides.system_message or "auto"
+            problem = url_problem(base_url)
+            if problem:
+                raise SettingError("base_url", base_url, problem)
             config = EndpointConfig(base_url=base_url, system_message=mode)
             self._cache[name] = Endpoint(name, config, key, env)
         return self._cache[name]

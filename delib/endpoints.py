@@ -16,7 +16,6 @@ What differs between OpenAI-compatible servers is handled here and nowhere else:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from delib.config import Endpoint
 from delib.errors import AuthError, EndpointFailed, EndpointUnreachable, UnknownModel
 from delib.failures import (
+    BadReply,
+    Stalled,
     describe_error,
     is_model_error,
     is_retryable,
@@ -38,6 +39,7 @@ from delib.failures import (
     retry_after,
     status_of,
 )
+from delib.replies import MALFORMED, Reply, TokenCallback, read_stream, read_whole
 
 # Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
 MAX_RETRY_AFTER = 60.0
@@ -46,7 +48,6 @@ MAX_BACKOFF = 30.0
 # Timeout for listing models before a run; the listing is small.
 MODELS_TIMEOUT = 15.0
 
-TokenCallback = Callable[[str], None]
 RetryCallback = Callable[[int, str], None]
 
 
@@ -72,23 +73,6 @@ class Prompt:
 
     def chars(self) -> int:
         return len(self.system) + sum(len(m["content"]) for m in self.messages)
-
-
-@dataclass
-class Reply:
-    """A finished model reply and what it cost."""
-
-    text: str
-    model: str
-    latency: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    timings: dict[str, Any] | None = None  # llama.cpp reports prompt/eval timings
-
-    @property
-    def usage_reported(self) -> bool:
-        return self.prompt_tokens is not None or self.completion_tokens is not None
 
 
 @dataclass
@@ -159,14 +143,22 @@ class EndpointClient:
             async for attempt in retrying:
                 with attempt:
                     return await call()
-        except openai.OpenAIError as exc:
-            raise await self._translate(exc, attempts) from exc
+        except (openai.OpenAIError, BadReply, Stalled) as exc:
+            made = retrying.statistics.get("attempt_number", 1)
+            raise await self._translate(exc, made) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _translate(self, exc: BaseException, attempts: int) -> Exception:
         """Turn an openai exception into a DelibError that says what to do."""
         name, url = self.name, self.endpoint.config.base_url
         tries = f" after {attempts} attempt{'s' if attempts > 1 else ''}" if attempts > 1 else ""
+        if isinstance(exc, Stalled):
+            return EndpointUnreachable(
+                f"endpoint '{name}' at {url} {exc}{tries}; raise '{exc.setting}' in "
+                "delib.toml or check the server"
+            )
+        if isinstance(exc, BadReply):
+            return EndpointFailed(f"endpoint '{name}' at {url} sent no usable reply{tries}: {exc}")
         if isinstance(exc, openai.APITimeoutError):
             return EndpointUnreachable(
                 f"endpoint '{name}' at {url} did not answer within "
@@ -215,8 +207,11 @@ class EndpointClient:
             return self._models
 
         async def call():
-            page = await self.client.models.list(timeout=MODELS_TIMEOUT)
-            return [m.id for m in page.data]
+            try:
+                page = await self.client.models.list(timeout=MODELS_TIMEOUT)
+                return [str(m.id) for m in page.data]
+            except MALFORMED:  # an HTML login page, a proxy's error page: no listing
+                return None
 
         try:
             if quiet:
@@ -294,55 +289,15 @@ class EndpointClient:
         self.adaptations.append(Adaptation(self.name, what, reason))
 
     def _whole(self, params: dict[str, Any]):
-        async def call() -> Reply:
-            started = time.perf_counter()
-            response = await self.client.chat.completions.create(**params)
-            choice = response.choices[0] if response.choices else None
-            usage = response.usage
-            extra = response.model_extra or {}
-            return Reply(
-                text=(choice.message.content or "") if choice else "",
-                model=response.model or params["model"],
-                latency=time.perf_counter() - started,
-                prompt_tokens=usage.prompt_tokens if usage else None,
-                completion_tokens=usage.completion_tokens if usage else None,
-                finish_reason=choice.finish_reason if choice else None,
-                timings=extra.get("timings"),
-            )
-
-        return call
+        return lambda: read_whole(self.client, params, self.endpoint.config.timeout)
 
     def _streamed(self, params: dict[str, Any], on_token: TokenCallback | None):
-        async def call() -> Reply:
-            started = time.perf_counter()
-            extra_args: dict[str, Any] = {"stream": True}
-            if self.stream_usage:
-                extra_args["stream_options"] = {"include_usage": True}
-            stream = await self.client.chat.completions.create(**params, **extra_args)
-            parts: list[str] = []
-            reply = Reply(text="", model=params["model"], latency=0.0)
-            async with stream:
-                async for chunk in stream:
-                    if chunk.model:
-                        reply.model = chunk.model
-                    if chunk.usage is not None:
-                        reply.prompt_tokens = chunk.usage.prompt_tokens
-                        reply.completion_tokens = chunk.usage.completion_tokens
-                    timings = (chunk.model_extra or {}).get("timings")
-                    if timings:
-                        reply.timings = timings
-                    for choice in chunk.choices:
-                        if choice.delta and choice.delta.content:
-                            parts.append(choice.delta.content)
-                            if on_token:
-                                on_token(choice.delta.content)
-                        if choice.finish_reason:
-                            reply.finish_reason = choice.finish_reason
-            reply.text = "".join(parts)
-            reply.latency = time.perf_counter() - started
-            return reply
-
-        return call
+        cfg = self.endpoint.config
+        extra: dict[str, Any] = {"stream": True}
+        if self.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
+        idle = cfg.idle_timeout or cfg.timeout
+        return lambda: read_stream(self.client, {**params, **extra}, cfg.timeout, idle, on_token)
 
 
 @dataclass

@@ -25,6 +25,22 @@ TEMPLATE_ERROR_MARKERS = (
 )
 
 
+class BadReply(Exception):
+    """An answer with status 200 that is no usable reply: not a chat completion, cut short
+    (no finish reason, no ``[DONE]``), no choices, garbage events, or an error reported in the
+    middle of a stream. Retried like a 5xx: servers that send these are usually restarting or
+    overloaded."""
+
+
+class Stalled(Exception):
+    """A request that ran past a deadline: ``setting`` names the endpoint setting that set it."""
+
+    def __init__(self, setting: str, seconds: float, what: str) -> None:
+        super().__init__(f"{what} {seconds:g}s ({setting})")
+        self.setting = setting
+        self.seconds = seconds
+
+
 def status_of(exc: BaseException) -> int | None:
     return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
@@ -43,8 +59,9 @@ def message_of(exc: BaseException) -> str:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Connection problems, timeouts, 408/409/429 and 5xx; never other 4xx."""
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+    """Connection problems, timeouts, unusable 200 answers, 408/409/429 and 5xx; never other
+    4xx."""
+    if isinstance(exc, openai.APIConnectionError | BadReply | Stalled):  # incl. APITimeoutError
         return True
     status = status_of(exc)
     return status is not None and (status in RETRYABLE_STATUS or status >= 500)

@@ -23,7 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from delib.archive import MANIFEST_FILE, TURNS_FILE, read_manifest, read_records, run_folders
+from delib import salvage
+from delib.archive import (
+    MANIFEST_FILE,
+    TURNS_FILE,
+    is_locked,
+    read_manifest,
+    read_records,
+    run_folders,
+)
 from delib.errors import DelibError, InputError
 
 INDEX_FILE = "index.sqlite"
@@ -128,6 +136,12 @@ def _run_row(manifest: dict, records: list[dict] | None, folder_stamp: str | Non
     }
 
 
+def _searchable(text: str) -> str:
+    """A turn's text for the full-text index: the snippet markers cannot occur in it (the
+    turn itself, in turns.jsonl, keeps them)."""
+    return text.replace(HIT_START, " ").replace(HIT_END, " ")
+
+
 class Index:
     """One archive's index; open it with ``Index.open(archive)``."""
 
@@ -209,7 +223,7 @@ class Index:
         conn.execute("DELETE FROM turns_fts WHERE run_id = ? AND idx = ?", (run_id, turn["index"]))
         conn.execute(
             "INSERT INTO turns_fts (text, run_id, idx) VALUES (?, ?, ?)",
-            (turn.get("text", ""), run_id, turn["index"]),
+            (_searchable(turn.get("text", "")), run_id, turn["index"]),
         )
 
     def _drop(self, conn: sqlite3.Connection, run_id: str) -> None:
@@ -257,7 +271,11 @@ class Index:
         manifest = read_manifest(folder)
         if manifest.get("run_id") != folder.name:
             manifest = {**manifest, "run_id": folder.name}
-        self.replace_turns(folder, manifest, read_records(folder))
+        records = read_records(folder)
+        try:
+            self.replace_turns(folder, manifest, records)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{folder}: damaged run ({type(exc).__name__}: {exc})") from None
 
     def sync(self) -> list[str]:
         """Bring the index in line with the folders; returns one warning per unreadable run."""
@@ -279,21 +297,26 @@ class Index:
                 problems.append(str(exc))
         return problems
 
-    def rebuild(self) -> tuple[int, list[str]]:
-        """Drop everything and index every run folder; returns (runs indexed, problems)."""
+    def rebuild(self) -> tuple[int, list[str], list[str]]:
+        """Drop everything and index every run folder, rebuilding missing manifests from
+        their records; returns (runs indexed, problems, runs whose manifest was rebuilt)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM runs")
             conn.execute("DELETE FROM turns")
             conn.execute("DELETE FROM turns_fts")
-        problems = []
+        problems: list[str] = []
+        rebuilt: list[str] = []
         count = 0
         for folder in run_folders(self.archive):
             try:
+                if salvage.needs_manifest(folder) and not is_locked(folder):
+                    salvage.rebuild(folder)
+                    rebuilt.append(folder.name)
                 self.index_folder(folder)
                 count += 1
             except DelibError as exc:
                 problems.append(str(exc))
-        return count, problems
+        return count, problems, rebuilt
 
     # --- reading -----------------------------------------------------------------------------
     def runs(

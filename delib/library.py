@@ -23,6 +23,9 @@ from delib.errors import FileFormatError, UnknownIdError
 M = TypeVar("M", bound=BaseModel)
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# A persona's prompt or a scenario's background is a few KiB; a file far larger is a mistake
+# (and PyYAML, pure Python, would take seconds a megabyte to read it).
+MAX_FILE_BYTES = 256 * 1024
 
 
 def builtin_dir(kind: str) -> Path:
@@ -52,10 +55,39 @@ def format_validation_error(path: str, error: ValidationError) -> FileFormatErro
     return FileFormatError(path, reason, field)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (plain PyYAML keeps
+    the last one without a word)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: the mapping check below reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 def parse_yaml_text(text: str, path: str) -> dict:
     """Parse one YAML document that must be a mapping."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise FileFormatError(path, "nesting is too deep to be a persona or scenario") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -82,6 +114,13 @@ class Loaded(Generic[M]):
 def load_file(path: Path, model: type[M]) -> Loaded[M]:
     """Read, parse and validate one YAML file."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise FileFormatError(
+                str(path),
+                f"file is {size / 1024:.0f} KiB; persona and scenario files are capped at "
+                f"{MAX_FILE_BYTES // 1024} KiB",
+            )
         raw = path.read_bytes()
         text = raw.decode("utf-8")
     except OSError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from delib.config import Config, Overrides, Resolver, SpeakerSettings
+from delib.config import Config, Overrides, Resolver, SpeakerSettings, redact_url
 from delib.endpoints import Clients
 from delib.errors import SettingError
 from delib.local import DEFAULT_CTX, LocalServer, model_for
@@ -69,7 +69,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
     data: dict[str, Any] = {
         "scenario": req.scenario_id,
         "overrides": {
-            "base_url": o.base_url,
+            "base_url": redact_url(o.base_url),
             "model": o.model,
             "endpoint": o.endpoint,
             "api_key_env": o.api_key_env,

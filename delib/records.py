@@ -74,6 +74,7 @@ class Turn(TypedDict):
     timings: NotRequired[dict[str, Any]]  # llama.cpp's own timings, where reported
     omitted_turns: NotRequired[int]  # turns folded into the rolling summary for this prompt
     summary_tokens: NotRequired[int]  # what that summary cost (estimated)
+    truncated: NotRequired[dict[str, int]]  # received_chars, kept_chars: a reply past its cap
 
 
 class Event(TypedDict):

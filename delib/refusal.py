@@ -154,7 +154,7 @@ def read_labelled(path: Path) -> list[dict]:
     """JSONL lines with ``text`` and ``label``; an InputError names the first bad line."""
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read file: {exc}") from None
     for number, line in enumerate(lines, start=1):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
+
+from delib.terminal import inert, md_text, safe
 
 SPEAKER_STYLES = ("cyan", "green", "magenta", "yellow", "blue", "bright_red", "bright_cyan")
 MODERATOR_STYLE = "bold white"
@@ -40,7 +41,7 @@ class LiveView:
         )
         self.console.print()
         self.console.print(
-            Text(f"{start['name']}", style=self.style(start["speaker"], start["role"]))
+            Text(inert(start["name"]), style=self.style(start["speaker"], start["role"]))
             + Text(f" · {label}", style="dim")
         )
 
@@ -54,13 +55,13 @@ class LiveView:
                 self.header(message)
         elif kind == "token":
             if message["index"] == self.live:
-                self.console.print(message["text"], end="", markup=False, highlight=False)
+                self.console.print(inert(message["text"]), end="", markup=False, highlight=False)
             else:
                 self.buffers.setdefault(message["index"], []).append(message["text"])
         elif kind == "retry":
             self.console.print(
-                f"\n[dim]… retrying {message['speaker']} (attempt {message['attempt'] + 1}): "
-                f"{message['error']}[/dim]",
+                f"\n[dim]… retrying {safe(message['speaker'])} (attempt {message['attempt'] + 1}): "
+                f"{safe(message['error'])}[/dim]",
                 highlight=False,
             )
             if message["index"] in self.buffers:
@@ -81,7 +82,7 @@ class LiveView:
             start = self.starts.get(index) or {**turn, "turn_kind": turn["kind"]}
             self.header(start)
             if turn["kind"] != "verdict":
-                self.console.print(turn["text"], markup=False, highlight=False)
+                self.console.print(inert(turn["text"]), markup=False, highlight=False)
         self.starts.pop(index, None)
         self.buffers.pop(index, None)
         # Promote a turn still streaming, showing what it has said so far.
@@ -90,17 +91,19 @@ class LiveView:
             self.live = nxt
             self.header(self.starts[nxt])
             self.console.print(
-                "".join(self.buffers.get(nxt, [])), end="", markup=False, highlight=False
+                inert("".join(self.buffers.get(nxt, []))), end="", markup=False, highlight=False
             )
 
     def event(self, event: dict) -> None:
         name = event["event"]
         if name == "speaker_selected":
             note = " (reply named nobody eligible; round-robin order)" if event["fallback"] else ""
-            self.console.print(f"[dim]moderator picks {event['speaker']}{note}[/dim]")
+            self.console.print(f"[dim]moderator picks {safe(event['speaker'])}{note}[/dim]")
         else:
-            detail = escape(event_detail(event))
-            self.console.print(f"[yellow]⚑ {name}[/yellow] [dim]{detail}[/dim]", highlight=False)
+            detail = safe(event_detail(event))
+            self.console.print(
+                f"[yellow]⚑ {safe(name)}[/yellow] [dim]{detail}[/dim]", highlight=False
+            )
 
 
 def event_detail(event: dict) -> str:
@@ -161,7 +164,8 @@ def markdown(manifest: dict, records: list[dict]) -> str:
     current_round = None
     for record in records:
         if record["type"] == "event":
-            lines += [f"> ⚑ *{record['event']}* {event_detail(record)}".rstrip(), ""]
+            detail = md_text(event_detail(record)).replace("\n", " ")
+            lines += [f"> ⚑ *{record['event']}* {detail}".rstrip(), ""]
             continue
         if record["kind"] == "statement" and record["round"] != current_round:
             current_round = record["round"]
@@ -172,11 +176,11 @@ def markdown(manifest: dict, records: list[dict]) -> str:
             "intervention": "moderator steps in",
             "verdict": "verdict",
         }.get(record["kind"], record["role"])
-        lines += [f"### {record['name']} · {label}", ""]
+        lines += [f"### {inert(record['name'])} · {label}", ""]
         if record["kind"] == "verdict" and (manifest.get("verdict") or {}).get("valid"):
             lines += ["*(structured verdict below)*", ""]
         else:
-            lines += [record["text"] or "*(empty reply)*", ""]
+            lines += [md_text(record["text"]) or "*(empty reply)*", ""]
     lines += verdict_lines(manifest)
     tokens = manifest.get("tokens")
     if tokens:
@@ -194,10 +198,10 @@ def verdict_lines(manifest: dict) -> list[str]:
         return lines + [
             f"*The verdict could not be validated ({verdict.get('error')}); kept as plain text:*",
             "",
-            verdict.get("text", ""),
+            md_text(verdict.get("text", "")),
             "",
         ]
-    lines += [verdict["summary"], ""]
+    lines += [md_text(verdict["summary"]), ""]
     sections = (
         ("Agreements", "agreements"),
         ("Disagreements", "disagreements"),
@@ -205,8 +209,10 @@ def verdict_lines(manifest: dict) -> list[str]:
     )
     for title, key in sections:
         if verdict[key]:
-            lines += [f"**{title}**", ""] + [f"- {item}" for item in verdict[key]] + [""]
+            items = [f"- {md_text(item)}" for item in verdict[key]]
+            lines += [f"**{title}**", "", *items, ""]
     names = {p["id"]: p["name"] for p in manifest["personas"]}
     lines += ["**Final positions**", ""]
-    lines += [f"- {names.get(pid, pid)}: {pos}" for pid, pos in verdict["positions"].items()]
+    positions = verdict["positions"].items()
+    lines += [f"- {inert(names.get(pid, pid))}: {md_text(pos)}" for pid, pos in positions]
     return lines + [""]

@@ -27,17 +27,25 @@ from delib.state import DebateContext
 Writer = Callable[[dict], None]
 
 
+# No tokenizer puts more characters than this in one token: a reply longer than its reported
+# completion tokens allow was counted wrong (or not capped by the server), and is estimated.
+MAX_CHARS_PER_TOKEN = 32
+
+
 def token_counts(reply: Reply, prompt: Prompt) -> Tokens:
-    """What the server reported, else an estimate from the text."""
-    if reply.usage_reported:
+    """What the server reported, else (or where the report cannot be true) an estimate from
+    all the text received."""
+    received = max(reply.received_chars, len(reply.text))
+    implausible = (reply.completion_tokens or 0) * MAX_CHARS_PER_TOKEN < received
+    if reply.usage_reported and not implausible:
         return {
             "prompt": reply.prompt_tokens or 0,
             "completion": reply.completion_tokens or 0,
             "estimated": False,
         }
     return {
-        "prompt": estimate_tokens(prompt.chars()),
-        "completion": estimate_tokens(reply.text),
+        "prompt": reply.prompt_tokens or estimate_tokens(prompt.chars()),
+        "completion": estimate_tokens(received),
         "estimated": True,
     }
 
@@ -147,7 +155,7 @@ async def speak_turn(
         "name": speaker.name,
         "role": start["role"],  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
-        "text": reply.text.strip(),
+        "text": reply.text,
         "refusal": dataclasses.asdict(classify(reply.text)),  # type: ignore[typeddict-item]
         "model": reply.model,
         "endpoint": settings.endpoint.name,
@@ -158,6 +166,8 @@ async def speak_turn(
     }
     if reply.timings:
         turn["timings"] = reply.timings
+    if reply.truncated:  # a server that ignored max_tokens: the rest was counted, not kept
+        turn["truncated"] = {"received_chars": reply.received_chars, "kept_chars": len(reply.text)}
     if prompt.omitted:
         turn["omitted_turns"] = prompt.omitted
         turn["summary_tokens"] = estimate_tokens(prompt.summary_chars)

@@ -38,11 +38,20 @@ __all__ = ["Answer", "Fault", "FakeOpenAIServer", "FakeTransport", "answer", "de
 
 @dataclass
 class Fault:
-    """An error answer for one chat request (the next one that arrives)."""
+    """An error answer for one chat request (the next one that arrives).
+
+    By default a JSON error with ``status`` and ``message``. A hostile server instead: ``body``
+    is sent as is (with ``content_type``), or ``events`` are streamed as is, one write each,
+    ``chunk_delay`` apart (malformed, truncated or garbage server-sent events).
+    """
 
     status: int = 500
     message: str = "injected fault"
     retry_after: float | None = None
+    body: bytes | None = None
+    content_type: str = "application/json"
+    events: list[bytes] | None = None
+    chunk_delay: float = 0.0
 
 
 @dataclass
@@ -60,6 +69,7 @@ class FakeOpenAIServer:
     strict_alternation: bool = False  # 400 unless user/assistant strictly alternate
     reject_stream_options: bool = False  # 400 if stream_options is sent
     require_api_key: str | None = None  # 401 unless this bearer token is sent
+    models_body: bytes | None = None  # sent as is for GET /v1/models (a hostile listing)
     host: str = "127.0.0.1"
     port: int = 0
     history: list[dict] = field(default_factory=list)
@@ -138,9 +148,20 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # before the first byte
     chunk_delay: float = 0.0  # between events
+    raw: bytes | None = None  # a body sent as is instead of ``body`` as JSON
+    media_type: str | None = None  # instead of the JSON or event-stream content type
+    raw_events: bool = False  # delay between every event, the last ones too
 
     def content_type(self) -> str:
+        if self.media_type:
+            return self.media_type
         return "text/event-stream" if self.events is not None else "application/json"
+
+    def payload(self) -> bytes:
+        return self.raw if self.raw is not None else json.dumps(self.body).encode()
+
+    def pause_after(self, n: int) -> bool:
+        return bool(self.chunk_delay) and (self.raw_events or n < len(self.events or []) - 2)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
@@ -170,6 +191,8 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
                 fake.history.clear()
             return Answer(200, {"requests": bodies})
         if path.rstrip("/").endswith("/v1/models"):
+            if fake.models_body is not None:
+                return Answer(200, raw=fake.models_body, media_type="text/html")
             data = [{"id": m, "object": "model", "owned_by": "delib-test"} for m in fake.models]
             return Answer(200, {"object": "list", "data": data})
         return _error(404, f"no route {path}")
@@ -185,6 +208,11 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
         return _error(400, "Unrecognized request argument supplied: stream_options")
     fault, reply = fake._next()
     if fault is not None:
+        if fault.events is not None:
+            return Answer(fault.status, events=fault.events, chunk_delay=fault.chunk_delay,
+                          media_type=fault.content_type, raw_events=True)  # fmt: skip
+        if fault.body is not None:
+            return Answer(fault.status, raw=fault.body, media_type=fault.content_type)
         extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
         return _error(fault.status, fault.message, extra)
     if reply is None:
@@ -280,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(result.delay)
         self.send_response(result.status)
         self.send_header("Content-Type", result.content_type())
-        data = json.dumps(result.body).encode() if result.events is None else b""
+        data = result.payload() if result.events is None else b""
         if result.events is None:
             self.send_header("Content-Length", str(len(data)))
         for key, value in result.headers.items():
@@ -292,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         for n, line in enumerate(result.events):
             self.wfile.write(line)
             self.wfile.flush()
-            if result.chunk_delay and n < len(result.events) - 2:
+            if result.pause_after(n):
                 time.sleep(result.chunk_delay)
 
     def do_GET(self) -> None:  # noqa: N802
@@ -304,15 +332,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Events(httpx.AsyncByteStream):
-    def __init__(self, events: list[bytes], chunk_delay: float) -> None:
-        self.events = events
-        self.chunk_delay = chunk_delay
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
 
     async def __aiter__(self):
-        for n, line in enumerate(self.events):
+        for n, line in enumerate(self.answer.events or []):
             yield line
-            if self.chunk_delay and n < len(self.events) - 2:
-                await asyncio.sleep(self.chunk_delay)
+            if self.answer.pause_after(n):
+                await asyncio.sleep(self.answer.chunk_delay)
 
 
 class FakeTransport(httpx.AsyncBaseTransport):
@@ -334,8 +361,8 @@ class FakeTransport(httpx.AsyncBaseTransport):
             await asyncio.sleep(result.delay)
         headers = {"Content-Type": result.content_type(), **result.headers}
         if result.events is None:
-            return httpx.Response(result.status, headers=headers, json=result.body)
-        stream = _Events(result.events, result.chunk_delay)
+            return httpx.Response(result.status, headers=headers, content=result.payload())
+        stream = _Events(result)
         return httpx.Response(result.status, headers=headers, stream=stream)
 
 
