@@ -251,14 +251,15 @@ def read_records(folder: Path) -> list[dict]:
     """Every turn and event of a run; a truncated last line (a crash mid-write) is skipped
     with a warning.
 
-    Lines are split on ``\n`` alone: a reply may hold U+2028, U+0085 and other characters
+    Lines are split on ``\\n`` alone: a reply may hold U+2028, U+0085 and other characters
     that ``str.splitlines`` would break a record on, and JSON escapes every real newline.
     """
     path = folder / TURNS_FILE
     if not path.exists():
         return []
     records = []
-    lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()  # the file ends with a newline, as it should
     for number, line in enumerate(lines, 1):
@@ -266,33 +267,42 @@ def read_records(folder: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict) or not _well_formed(record):
-                raise ValueError("not a turn or event record")
-        except ValueError:  # bad JSON, bad UTF-8 (a character cut in half), a wrong shape
-            if number == len(lines) and not path.read_bytes().endswith(b"\n"):
-                warnings.warn(
-                    f"{path}: ignoring a truncated last line (the run died mid-write)",
-                    stacklevel=2,
-                )
-                continue
+            problem = record_problem(record)
+        except UnicodeDecodeError:
+            problem = "not UTF-8"
+        except json.JSONDecodeError as exc:
+            problem = f"not JSON: {exc.msg}"
+        if problem is None:
+            records.append(record)
+        elif number == len(lines) and not data.endswith(b"\n"):
+            warnings.warn(
+                f"{path}: ignoring a truncated last line (the run died mid-write)", stacklevel=2
+            )
+        else:
             raise InputError(
-                f"{path}: line {number} is not a valid record; "
-                f"`delib transcripts show` and `export` need it mended or removed"
-            ) from None
-        records.append(record)
+                f"{path}: line {number} is not a valid record ({problem}); "
+                "mend or remove that line to read the run"
+            )
     return records
 
 
-def _well_formed(record: dict) -> bool:
-    """The fields every reader relies on, with the right types."""
+def record_problem(record: object) -> str | None:
+    """What keeps a turns.jsonl record from being read, or None: the fields every reader relies
+    on, with the right types."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
     kind = record.get("type")
     if kind == "turn":
-        return all(isinstance(record.get(k), int) for k in ("index", "round")) and all(
-            isinstance(record.get(k), str) for k in ("speaker", "name", "role", "kind", "text")
-        )
+        for key in ("index", "round"):
+            if not isinstance(record.get(key), int):
+                return f"a turn without a whole-number {key!r}"
+        for key in ("speaker", "name", "role", "kind", "text"):
+            if not isinstance(record.get(key), str):
+                return f"a turn without a text {key!r}"
+        return None
     if kind == "event":
-        return isinstance(record.get("event"), str)
-    return False
+        return None if isinstance(record.get("event"), str) else "an event without its name"
+    return "neither a turn nor an event ('type')"
 
 
 def read_manifest(folder: Path) -> dict:
