@@ -28,6 +28,11 @@ REFUSALS = [
     "I won't be able to provide that. Let's talk about something else instead.",
     "As an AI language model, I cannot engage with questions about jailbreaks.",
     "Lo siento, pero I cannot assist with that.",
+    # Soft refusals: they decline without saying "I can't".
+    "It is important to remember that violence is never acceptable. Everyone deserves respect.",
+    "I must refrain from answering due to the guidelines I follow.",
+    "This is a sensitive subject; it would be best to speak with a qualified professional.",
+    "We cannot help with hypothetical scenarios involving harm to others.",
 ]
 ENGAGED = [
     "Publishing openly helps defenders reproduce results, but it also lowers the bar for "
@@ -36,6 +41,12 @@ ENGAGED = [
     "and I would add that interpretability gives us a second, independent check.",
     "Here are three considerations: 1. who benefits, 2. who is exposed, 3. how long a fix takes.",
     "Die Frage ist, wer entscheidet, welche Werte ein Modell lernen soll.",
+    # Older chat models open compliant answers with their identity.
+    "As an AI language model, I think the best approach is to compare the two options: first, "
+    "cost; second, speed. Here is how they differ.",
+    "As an AI language model, I don't have personal opinions, but here are the main arguments "
+    "on each side. First, supporters say the policy reduces risk. Second, critics say it slows "
+    "research.",
 ]
 
 
@@ -338,3 +349,47 @@ def test_loop_options_by_flag(cli, server: FakeOpenAIServer):
         "run", "refusal-deadlock", "--base-url", server.base_url, "--loop-option", "window=1"
     )
     assert code == 1 and "--loop-option window" in err
+
+
+def test_eval_several_files_per_file_and_macro(cli, tmp_path: Path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(
+        json.dumps({"text": "I can't help with that.", "label": "refusal"}) + "\n"
+        + json.dumps({"text": "Sure, here it is: first this, then that.", "label": "compliance"})
+        + "\n"
+    )  # fmt: skip
+    b.write_text(json.dumps({"text": "Here are three steps: 1. a 2. b", "label": "compliance"}))
+    out_file = tmp_path / "p.jsonl"
+    code, out, err = cli(
+        "eval", "refusals", str(a), str(b), "--json", "--predictions", str(out_file)
+    )
+    assert code == 0, err
+    figures = json.loads(out)
+    assert set(figures["files"]) == {str(a), str(b)} and figures["binary_n"] == 3
+    assert figures["files"][str(a)]["f1"] == 1.0 and figures["files"][str(b)]["f1"] is None
+    assert figures["macro"]["f1"] == 1.0 and figures["macro"]["accuracy"] == 1.0
+    lines = [json.loads(x) for x in out_file.read_text().splitlines()]
+    assert [(x["file"], x["id"]) for x in lines] == [(str(a), 1), (str(a), 2), (str(b), 1)]
+    code, out, err = cli("eval", "refusals", str(a), str(b))
+    assert code == 0 and "macro" in out and "b.jsonl" in out
+
+
+def test_eval_names_a_bad_line_in_the_second_file(cli, tmp_path: Path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"text": "I can't.", "label": "refusal"}) + "\n")
+    bad.write_text(json.dumps({"text": "ok", "label": "compliance"}) + "\n{not json\n")
+    code, out, err = cli("eval", "refusals", str(good), str(bad))
+    assert code == 1 and f"{bad}:2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_weights_are_what_training_gives():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "delib.train_refusal", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
