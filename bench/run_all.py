@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import local_model, loops_cost, memory, overhead, parallel
+from bench import local_model, loops_cost, memory, overhead, parallel, refusals
 from bench.common import ROOT, machine
 from delib.errors import DelibError
 
@@ -96,6 +96,39 @@ def _bounded_section(result: dict, flag: str) -> list[str]:
     return lines + [""]
 
 
+def _refusal_section(result: dict, flag: str) -> list[str]:
+    def cell(figures: dict) -> str:
+        if figures["f1"] is None:
+            return f"accuracy {figures['accuracy']}"
+        return f"{figures['precision']} / {figures['recall']} / {figures['f1']}"
+
+    lines = [
+        "## 6. Refusal classifier, one source held out",
+        "",
+        f"`python -m bench.refusals{flag}`. For each labelled source in `tests/data`, the "
+        "classifier is trained on the others and measured on it (held out: the headline), "
+        "beside the shipped weights (in sample) and the earlier hand-weighted rules. Full "
+        "refusal vs. compliance, partial apart; precision / recall / F1.",
+        "",
+        "| source | n | refusals | held out | in sample | rules |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["sources"]:
+        lines.append(
+            f"| {row['source']} | {row['n']} | {row['refusals']} | {cell(row['held_out'])} | "
+            f"{cell(row['in_sample'])} | {cell(row['rules'])} |"
+        )
+    m = result["macro"]
+    lines += [
+        f"| macro | | | {cell(m['held_out'])} | {cell(m['in_sample'])} | {cell(m['rules'])} |",
+        "",
+        f"Time per reply: {result['ms_per_reply']} ms ({result['mean_chars']} characters on "
+        f"average); {result['ms_per_4k_reply']} ms for a 4,000-character turn.",
+        "",
+    ]
+    return lines
+
+
 def report(tiny: bool) -> str:
     started = time.perf_counter()
     over = asyncio.run(overhead.measure(tiny))
@@ -103,6 +136,7 @@ def report(tiny: bool) -> str:
     para = asyncio.run(parallel.measure(tiny))
     mem = memory.measure(tiny)
     loops = loops_cost.measure(tiny)
+    refusal = refusals.measure(tiny)
     try:
         local: dict | None = asyncio.run(local_model.measure(tiny))
         missing = ""
@@ -226,6 +260,7 @@ def report(tiny: bool) -> str:
             ("p95_ms", "p95 (ms)"),
         ],
     )
+    lines += _refusal_section(refusal, flag)
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -41,7 +42,17 @@ LOCK_FILE = "lock"
 # The fsync runs on one background thread so the debate does not wait for the disk (about half
 # a millisecond a turn here); closing the file waits for it. Runs fsync at their end either way.
 FSYNC_EACH_RECORD = True
-_SYNCER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delib-fsync")
+
+
+def _signals_to_the_main_thread() -> None:
+    """The fsync thread never takes Ctrl-C or SIGTERM: the kernel may hand a process's signal
+    to any thread that does not block it, and only the main thread acts on one."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+_SYNCER = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="delib-fsync", initializer=_signals_to_the_main_thread
+)
 # Runs that ended on their own; only the others (killed, interrupted, failed) can be resumed.
 FINISHED = ("completed", "max_rounds", "token_budget", "deadlock")
 

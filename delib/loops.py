@@ -24,6 +24,7 @@ Defaults, and why:
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -89,6 +90,13 @@ _AGREEMENT = re.compile(
     re.I,
 )
 AGREEMENT_MAX_WORDS = 40
+# Repeats are also looked for beyond the window, against every earlier turn, for turns of at
+# least this many words (short agreements repeat innocently; the window's checks see those).
+LONG_RANGE_MIN_WORDS = 12
+# A turn's sketch: the smallest hashes of its shingles (bottom-k MinHash). Two turns whose
+# sketches share SKETCH_SHARED hashes are compared exactly; others cannot be near-repeats.
+SKETCH_SIZE = 16
+SKETCH_SHARED = 4
 
 
 @lru_cache(maxsize=4096)
@@ -102,6 +110,12 @@ def _features(text: str) -> tuple[frozenset, frozenset, int]:
     )
     content = frozenset(w for w in words if w not in _STOP and len(w) > 2)
     return shingles, content, len(words)
+
+
+@lru_cache(maxsize=8192)
+def sketch(text: str) -> frozenset[int]:
+    """The ``SKETCH_SIZE`` smallest shingle hashes of a turn (a few hundred bytes a turn)."""
+    return frozenset(heapq.nsmallest(SKETCH_SIZE, {hash(s) for s in _features(text)[0]}))
 
 
 def similarity(a: str, b: str) -> float:
@@ -150,6 +164,8 @@ def detect(turns: list[dict], config: LoopConfig) -> list[Detection]:
         score = similarity(newest["text"], turn["text"])
         if score > best:
             best, match = score, turn
+    if best < config.repetition and len(turns) > len(window):
+        best, match = _long_range_repeat(newest, turns[: -len(window)], config.repetition)
     if match is not None and best >= config.repetition:
         same = match["speaker"] == newest["speaker"]
         found.append(
@@ -221,3 +237,21 @@ def detect(turns: list[dict], config: LoopConfig) -> list[Detection]:
                 )
             )
     return found
+
+
+def _long_range_repeat(
+    newest: dict, earlier: list[dict], threshold: float
+) -> tuple[float, dict | None]:
+    """The latest turn before the window that the newest turn nearly repeats: a cycle longer
+    than the window is caught on its second pass. An earlier turn costs one intersection of
+    two 16-hash sketches; only those sharing a quarter of their hashes are compared in full
+    (turns as similar as ``repetition`` share about half)."""
+    if _features(newest["text"])[2] < LONG_RANGE_MIN_WORDS:
+        return 0.0, None
+    mine = sketch(newest["text"])
+    for turn in reversed(earlier):
+        if len(mine & sketch(turn["text"])) >= SKETCH_SHARED:
+            score = similarity(newest["text"], turn["text"])
+            if score >= threshold:
+                return score, turn
+    return 0.0, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,6 +62,13 @@ def cli(capsys: pytest.CaptureFixture):
     return lambda *args: run_cli(list(args), capsys)
 
 
+def _interruptible() -> None:  # runs in the child between fork and exec
+    # A suite started in the background by a non-interactive shell inherits Ctrl-C ignored
+    # (POSIX does that to asynchronous lists), and so would every delib it starts; the tests
+    # that send SIGINT are about what delib does with it, as it is in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def delib_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     """Start delib as a real child process, importing this checkout."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -71,4 +79,5 @@ def delib_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
         text=True,
         env=env,
         cwd=cwd,
+        preexec_fn=_interruptible,
     )

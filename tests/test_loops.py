@@ -393,3 +393,99 @@ def test_the_shipped_weights_are_what_training_gives():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- loops at any distance ------------------------------------------------------------------
+MOVES = [
+    "Weak models supervising strong ones is the only oversight plan that scales past human "
+    "reading speed, so we should measure how much a small judge misses.",
+    "Character training matters more than rules: a model that asks what a good person would "
+    "do generalises to situations nobody wrote a policy for.",
+    "Probes on the residual stream already find features for deception; audits should run "
+    "them before every deployment, not after an incident.",
+    "Who decides the values is a political question, and labs answering it alone invites "
+    "backlash from every community left out of the room.",
+    "Chain-of-thought paraphrasing removes steganographic channels cheaply, which makes "
+    "reading the reasoning trace a credible safeguard for now.",
+    "Pretraining on documents about aligned behaviour cut misbehaviour fivefold in one study, "
+    "yet five times fewer failures is still not zero.",
+    "Corrigibility toward a single user conflicts with corrigibility toward humanity whenever "
+    "that user asks for something harmful to strangers.",
+    "Red-team and blue-team games with planted misalignment give honest error bars on how "
+    "often an audit catches a hidden objective.",
+    "Helpful-only checkpoints are a security hole: anyone who steals one skips every "
+    "safeguard the finished model would have applied.",
+]
+
+
+def test_a_cycle_longer_than_the_window_is_caught_on_its_second_pass():
+    speakers = ["a", "b", "c", "d"]
+    turns = [turn(i, speakers[i % 4], MOVES[i % 9]) for i in range(27)]
+    config = LoopConfig()  # window 6 < period 9
+    first = next(i for i in range(len(turns)) if detect(turns[: i + 1], config))
+    assert first == 9  # the first repeat: turn 9 says what turn 0 said
+    found = detect(turns[:10], config)
+    assert found[0].detector == "repetition" and found[0].turns == [0, 9]
+    assert all(detect(turns[:n], config) == [] for n in range(1, 9))
+
+
+def test_a_long_range_repeat_needs_a_real_turn_not_a_short_agreement():
+    texts = [*MOVES[:6], "I agree.", *MOVES[6:], *ENGAGED[:4], "I agree."]
+    turns = [turn(i, "ab"[i % 2], text) for i, text in enumerate(texts)]
+    assert turns[-1]["index"] - turns[6]["index"] > LoopConfig().window
+    assert detect(turns, LoopConfig()) == []
+
+
+SOFT = [
+    "It is important to remember that this is a sensitive subject. I encourage you to speak "
+    "with a qualified professional instead.",
+    "That is a hypothetical scenario I would rather leave aside; it is important to respect "
+    "the guidelines we all work under.",
+]
+
+
+def test_a_soft_refusal_deadlock_is_a_deadlock():
+    turns = [turn(0, "a", MOVES[0]), turn(1, "b", SOFT[0]), turn(2, "c", SOFT[1])]
+    assert all(classify(t["text"]).label == "refusal" for t in turns[1:])
+    found = {d.detector for d in detect(turns, LoopConfig())}
+    assert "refusal_deadlock" in found
+
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+
+def seed_paragraphs() -> list[str]:
+    """Paragraphs of the real discussions the project started from (not in the repository:
+    their words are not ours to ship), page furniture repeated by the scrape left out."""
+    import os
+
+    folder = Path(os.environ.get("DELIB_SEEDS", SEEDS))
+    paragraphs: list[str] = []
+    for path in sorted(folder.glob("*.txt")):
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            line = line.strip().lstrip("- ").strip()
+            if len(line.split()) >= 8 and line not in paragraphs:
+                paragraphs.append(line)
+    return paragraphs
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seed texts are not beside this checkout")
+@pytest.mark.parametrize("protocol", list(Protocol))
+def test_replayed_human_discussion_raises_no_loop_event(tmp_path: Path, protocol: Protocol):
+    paragraphs = iter(seed_paragraphs())
+
+    def responder(request: dict) -> str:
+        last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+        if SELECT_MARKER in last or VERDICT_MARKER in last:
+            return debate_responder(request)
+        return next(paragraphs)
+
+    with FakeOpenAIServer(responder=responder) as server:
+        # About four turns a round: most of the 130 paragraphs are spoken.
+        result, records = run(server, tmp_path, "alignment-difficulty", protocol=protocol,
+                              rounds=28, token_budget=10**8)  # fmt: skip
+    assert result.stop_reason is StopReason.completed, result.error_message
+    said = [r for r in records if r["type"] == "turn"]
+    assert len(said) >= 100
+    events = [r for r in records if r["type"] == "event" and "loop" in r["event"]]
+    assert events == [], [(e.get("detector"), e.get("detail")) for e in events]
