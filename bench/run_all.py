@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import local_model, loops_cost, memory, overhead, parallel, refusals
+from bench import bakeoff, local_model, loops_cost, memory, overhead, parallel, refusals
 from bench.common import ROOT, machine
 from delib.errors import DelibError
 
@@ -96,6 +96,33 @@ def _bounded_section(result: dict, flag: str) -> list[str]:
     return lines + [""]
 
 
+def _bakeoff_section(rows: list[dict], flag: str) -> list[str]:
+    lines = [
+        "## 7. The embedded model: which small model",
+        "",
+        f"`python -m bench.bakeoff{flag}`. A 1-round debate on each shipped model, default "
+        "settings, whole replies, timed after the server is up. Echo: share of turns repeating "
+        "the prompt's scaffolding (the turn marker, a bracketed speaker label, 'You are the', "
+        "the round instruction). On topic: share of turns using at least three content words "
+        "of the scenario's question and background (lexical; an echoed prompt counts too). "
+        "Verdict: valid at the first reply, after a retry, or not.",
+        "",
+    ]
+    lines += _table(
+        bakeoff.summary(rows),
+        [
+            ("model", "model"),
+            ("debates", "debates"),
+            ("s_per_turn", "s per turn"),
+            ("debate_s", "1-round debate (s)"),
+            ("echo", "echo"),
+            ("on_topic", "on topic"),
+            ("verdict", "verdict"),
+        ],
+    )
+    return lines
+
+
 def _refusal_section(result: dict, flag: str) -> list[str]:
     def cell(figures: dict) -> str:
         if figures["f1"] is None:
@@ -139,6 +166,7 @@ def report(tiny: bool) -> str:
     refusal = refusals.measure(tiny)
     try:
         local: dict | None = asyncio.run(local_model.measure(tiny))
+        bake: list[dict] = asyncio.run(bakeoff.measure(tiny))
         missing = ""
     except DelibError as exc:  # no 'local' extra: the other figures still count
         local, missing = None, str(exc)
@@ -261,6 +289,8 @@ def report(tiny: bool) -> str:
         ],
     )
     lines += _refusal_section(refusal, flag)
+    if local is not None:
+        lines += _bakeoff_section(bake, flag)
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

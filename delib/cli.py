@@ -44,7 +44,14 @@ from delib.config import (
 from delib.errors import DelibError, InputError, SettingError
 from delib.export import diff, export
 from delib.index import HIT_END, HIT_START, Index
-from delib.local import DEFAULT_CTX, LocalServer, extra_installed, model_for
+from delib.local import DEFAULT_CTX, LocalServer
+from delib.local_models import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODELS,
+    extra_installed,
+    installed,
+    model_for,
+)
 from delib.loops import LoopMode
 from delib.personas import persona_library
 from delib.prepare import RunRequest
@@ -112,8 +119,16 @@ GgufOpt = Annotated[
     Path | None,
     typer.Option(
         "--gguf",
-        help="Serve this GGUF model file locally instead of the bundled model "
+        help="Serve this GGUF model file locally instead of a shipped small model "
         "(needs the 'local' extra).",
+    ),
+]
+LocalModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--local-model",
+        help=f"Which shipped small model the embedded server runs: "
+        f"{', '.join(LOCAL_MODELS)} (default {DEFAULT_LOCAL_MODEL}); see 'delib endpoints list'.",
     ),
 ]
 CtxOpt = Annotated[
@@ -222,6 +237,7 @@ def run(
         ),
     ] = None,
     gguf: GgufOpt = None,
+    local_model: LocalModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
     archive: ArchiveOpt = None,
@@ -257,6 +273,7 @@ def run(
         scenarios_dir=scenarios_dir,
         ctx=ctx,
         chat_format=chat_format,
+        local_model=local_model,
         prompt_layout=prompt_layout.value if prompt_layout else None,
         loops=loops,
         loop_options=parse_pairs(loop_option or [], "--loop-option"),
@@ -341,6 +358,11 @@ def _ready(console: Console, message: dict) -> None:
         f"[bold]{safe(ctx.scenario.title)}[/bold]  [dim]{ctx.protocol.value}, "
         f"{ctx.rounds} round{'s' if ctx.rounds > 1 else ''}, {safe(', '.join(models))}[/dim]"
     )
+    if message["local"] and ctx.rounds < ctx.scenario.rounds and message["resume"] is None:
+        console.print(
+            f"[dim]the embedded model runs {ctx.rounds} round of this scenario's "
+            f"{ctx.scenario.rounds}; --rounds {ctx.scenario.rounds} runs them all[/dim]"
+        )
 
 
 async def _run(debate: Run, view: LiveView, console: Console) -> RunResult:
@@ -392,6 +414,7 @@ def resume(
         SystemMessage | None, typer.Option(help="native, fold or auto (see 'delib run').")
     ] = None,
     gguf: GgufOpt = None,
+    local_model: LocalModelOpt = None,
     ctx: Annotated[
         int | None, typer.Option("--ctx", min=256, help="Context size of the local server.")
     ] = None,
@@ -417,6 +440,7 @@ def resume(
         "gguf": gguf,
         "ctx": ctx,
         "chat_format": chat_format,
+        "local_model": local_model,
     }
     request, folder = resume_request(archive, run_id, changes)
     _execute(Run(request, resume=folder), as_json)
@@ -453,16 +477,19 @@ def endpoints_list() -> None:
         model = cfg.model or "(server's only model)"
         table.add_row(safe(name), safe(cfg.base_url), safe(model), source)
     if EMBEDDED_ENDPOINT not in config.endpoints:
-        state = "installed" if extra_installed() else "not installed: pip install 'delib[local]'"
-        table.add_row(
-            EMBEDDED_ENDPOINT,
-            "(started per run on 127.0.0.1)",
-            "gemma-3-270m or --gguf",
-            f"built in, {state}",
-        )
+        server = extra_installed()
+        for name in LOCAL_MODELS:
+            ready = server and installed(name)
+            state = "installed" if ready else "not installed: pip install 'delib[local]'"
+            default = " (default)" if name == DEFAULT_LOCAL_MODEL else ""
+            table.add_row(EMBEDDED_ENDPOINT, "(per run, 127.0.0.1)", name + default, state)
     if os.environ.get("OPENAI_BASE_URL"):
         table.add_row("env", safe(os.environ["OPENAI_BASE_URL"]), "", "OPENAI_BASE_URL")
     out.print(table)
+    if EMBEDDED_ENDPOINT not in config.endpoints:
+        out.print("[dim]embedded models (choose with --local-model NAME):[/dim]")
+        for name, (what, _) in LOCAL_MODELS.items():
+            out.print(f"[dim]  {name}: {safe(what)}[/dim]", soft_wrap=True)
     sources = ", ".join(str(p) for p in config.sources) or "none found"
     out.print(f"[dim]config files: {safe(sources)}[/dim]", soft_wrap=True)
 
@@ -478,6 +505,7 @@ def endpoints_check(
         str | None, typer.Option(help="Environment variable holding the key for --base-url.")
     ] = None,
     gguf: GgufOpt = None,
+    local_model: LocalModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -488,7 +516,8 @@ def endpoints_check(
     """
     if (name is None) == (base_url is None):
         raise InputError("give an endpoint NAME or --base-url URL (one of them)")
-    report = asyncio.run(_check(name, base_url, model, api_key_env, gguf, ctx, chat_format))
+    local = (gguf, local_model, ctx, chat_format)
+    report = asyncio.run(_check(name, base_url, model, api_key_env, local))
     if as_json:
         print(json.dumps(report.to_dict()))
     else:
@@ -506,7 +535,8 @@ def endpoints_check(
         raise typer.Exit(EXIT_ERROR)
 
 
-async def _check(name, base_url, model, api_key_env, gguf, ctx, chat_format):
+async def _check(name, base_url, model, api_key_env, local):
+    gguf, local_model, ctx, chat_format = local
     resolver = Resolver(
         Config.load(), Overrides(base_url=base_url, api_key_env=api_key_env, gguf=gguf)
     )
@@ -515,7 +545,7 @@ async def _check(name, base_url, model, api_key_env, gguf, ctx, chat_format):
     endpoint = resolver.named(name, "delib endpoints check")
     if endpoint is not None:
         return await check_endpoint(endpoint, model)
-    server = LocalServer(model_for(gguf, chat_format), ctx=ctx)
+    server = LocalServer(model_for(gguf, chat_format, local_model), ctx=ctx)
     try:
         with err.status(f"starting the local model server for {server.model.alias}…"):
             await server.start()
@@ -527,6 +557,7 @@ async def _check(name, base_url, model, api_key_env, gguf, ctx, chat_format):
 @local_app.command("serve")
 def local_serve(
     gguf: GgufOpt = None,
+    local_model: LocalModelOpt = None,
     port: Annotated[
         int,
         typer.Option(
@@ -540,7 +571,8 @@ def local_serve(
     ] = None,
 ) -> None:
     """Run the local model server in the foreground until Ctrl-C, for several runs to share."""
-    server = LocalServer(model_for(gguf, chat_format), ctx=ctx, port=port, threads=threads)
+    model_file = model_for(gguf, chat_format, local_model)
+    server = LocalServer(model_file, ctx=ctx, port=port, threads=threads)
     try:
         code = asyncio.run(_serve(server))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -123,11 +123,23 @@ class EndpointConfig(BaseModel):
         description="native: send a system message; fold: put it in the first user message; "
         "auto: native, falling back to fold if the server's chat template rejects it",
     )
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = Field(
+        default="auto",
+        description="How to ask for JSON that fits a schema (verdicts, speaker choice): "
+        "json_schema (OpenAI, vLLM, llama-server), json_object (llama-cpp-python), off; "
+        "auto: json_schema, stepping down when the server rejects it",
+    )
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=20)
     retry_wait: float = Field(default=DEFAULT_RETRY_WAIT, ge=0)
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_tokens: int | None = Field(
         default=None, ge=1, description="Reply cap per turn unless a flag or file says"
+    )
+    verdict_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Reply cap of the closing verdict unless the scenario says (default: twice "
+        "a turn, at least 800)",
     )
     context_tokens: int | None = Field(
         default=None,
@@ -240,6 +252,7 @@ class Endpoint:
             "system_message": self.config.system_message,
             "timeout": self.config.timeout,
             "idle_timeout": self.config.idle_timeout,
+            "structured_output": self.config.structured_output,
             "prompt_layout": self.layout(),
         }
 

@@ -40,6 +40,7 @@ from delib.failures import (
     status_of,
 )
 from delib.replies import MALFORMED, Reply, TokenCallback, read_stream, read_whole
+from delib.structured import REJECTION_MARKERS, next_dialect, response_format
 
 # Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
 MAX_RETRY_AFTER = 60.0
@@ -106,6 +107,10 @@ class EndpointClient:
         )
         self.fold_system = cfg.system_message == "fold"
         self.stream_usage = True
+        # The structured-output dialect in use ("off" once the server has rejected them all).
+        self.structured = (
+            "json_schema" if cfg.structured_output == "auto" else cfg.structured_output
+        )
         self.adaptations: list[Adaptation] = []
         self.semaphore = asyncio.Semaphore(cfg.max_concurrency)
         self._models: list[str] | None = None
@@ -253,10 +258,13 @@ class EndpointClient:
         stream: bool = True,
         on_token: TokenCallback | None = None,
         on_retry: RetryCallback | None = None,
+        schema: tuple[str, dict[str, Any]] | None = None,
     ) -> Reply:
-        """One chat completion, streamed or not, with retries and layout fallbacks."""
+        """One chat completion, streamed or not, with retries and layout fallbacks; with
+        ``schema`` (a name and a JSON schema), in the server's structured-output dialect."""
         async with self.semaphore:
-            for _ in range(3):  # at most: as sent, without stream_options, with system folded
+            for _ in range(5):  # as sent, then each fallback once: stream_options, the system
+                # message, and up to two structured-output dialects
                 params: dict[str, Any] = {
                     "model": model,
                     "messages": prompt.render(self.fold_system),
@@ -265,11 +273,23 @@ class EndpointClient:
                 }
                 if seed is not None:
                     params["seed"] = seed
+                if schema is not None and self.structured != "off":
+                    params["response_format"] = response_format(self.structured, *schema)
                 call = self._streamed(params, on_token) if stream else self._whole(params)
                 try:
                     return await self._with_retries(call, on_retry)
                 except (EndpointFailed, UnknownModel) as err:
                     cause = err.__cause__
+                    if "response_format" in params and is_format_error(cause):
+                        rejected, self.structured = (
+                            self.structured,
+                            next_dialect(self.structured, self.endpoint.config.structured_output),
+                        )
+                        self._adapt(
+                            f"structured output {rejected} rejected; now {self.structured}",
+                            message_of(cause),
+                        )
+                        continue
                     if stream and self.stream_usage and is_stream_options_error(cause):
                         self.stream_usage = False
                         self._adapt("stream_options off", message_of(cause))
@@ -298,6 +318,14 @@ class EndpointClient:
             extra["stream_options"] = {"include_usage": True}
         idle = cfg.idle_timeout or cfg.timeout
         return lambda: read_stream(self.client, {**params, **extra}, cfg.timeout, idle, on_token)
+
+
+def is_format_error(exc: BaseException | None) -> bool:
+    """A 400/422 about the response format: the server does not take that dialect."""
+    if exc is None or status_of(exc) not in (400, 422):
+        return False
+    text = message_of(exc).lower()
+    return any(marker in text for marker in REJECTION_MARKERS)
 
 
 @dataclass

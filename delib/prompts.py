@@ -290,7 +290,9 @@ def extract_json_object(text: str) -> dict:
     start = cleaned.find("{")
     if start < 0:
         raise ValueError("no JSON object found")
-    obj, _ = json.JSONDecoder().raw_decode(cleaned[start:])
+    # strict=False: a raw line break inside a string (small models under a grammar write them)
+    # is read as the text it plainly is.
+    obj, _ = json.JSONDecoder(strict=False).raw_decode(cleaned[start:])
     if not isinstance(obj, dict):
         raise ValueError("the JSON is not an object")
     return obj

@@ -75,3 +75,25 @@ def debate_responder(request: dict) -> str:
         a, b, c, d, e = rng.sample(_WORDS, 5)
         sentences.append(f"{opener} {a} and {b} shape {c}, while {d} limits {e}.")
     return " ".join(sentences)
+
+
+def conform(reply: str, schema: dict | None, invalid: bool) -> str:
+    """A reply as a server with structured output gives it: JSON that fits ``schema``, built
+    around the made-up reply; with ``invalid``, as a server that claims the format and
+    ignores it."""
+    if invalid:
+        return "Sure! Here is my answer, not in JSON."
+    try:
+        json.loads(reply)
+        return reply
+    except json.JSONDecodeError:
+        return json.dumps(_instance(schema or {}, reply))
+
+
+def _instance(schema: dict, reply: str):
+    if "enum" in schema:  # the value the reply names, else the first
+        return next((v for v in schema["enum"] if str(v) in reply), schema["enum"][0])
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: _instance(v, reply) for k, v in schema.get("properties", {}).items()}
+    return {"array": [], "boolean": True, "integer": 0, "number": 0}.get(kind, reply.strip())

@@ -76,7 +76,7 @@ def resume_request(
             current["persona_models"] = {}
         current.update(chosen)
         request.overrides = Overrides(**current)
-    for key in ("ctx", "chat_format"):
+    for key in ("ctx", "chat_format", "local_model"):
         if key in changes:
             setattr(request, key, changes[key])
     return request, folder

@@ -30,12 +30,14 @@ def transcript_tokens(turns: list[Turn]) -> int:
 
 
 def verdict_tokens(ctx: DebateContext) -> int:
-    """The verdict's reply cap: the scenario's, else twice a turn (at least 800), within half
-    the moderator's context."""
+    """The verdict's reply cap: the scenario's, else the moderator's endpoint's, else twice a
+    turn (at least 800), within half the moderator's context."""
     if ctx.scenario.limits.verdict_tokens:
         return ctx.scenario.limits.verdict_tokens
     settings = ctx.speakers[ctx.moderator.id]
-    tokens = max(VERDICT_MIN_TOKENS, 2 * settings.max_tokens)
+    tokens = settings.endpoint.config.verdict_tokens or max(
+        VERDICT_MIN_TOKENS, 2 * settings.max_tokens
+    )
     context = settings.endpoint.config.context_tokens
     return min(tokens, context // 2) if context else tokens
 

