@@ -7,9 +7,10 @@ settings a new user gets, streaming off so the server reports its own token coun
 end to end after the server is up. Per model:
 
 - seconds per turn (mean over the debate's turns) and for the whole debate;
-- **echo**: share of turns that repeat the prompt's own scaffolding instead of speaking: the
-  turn marker ("It is your turn"), a speaker label in brackets ("[The Philosopher]"), "You are
-  the …", or the round instruction ("final round", "state your position");
+- **echo**: share of turns that repeat the prompt's own scaffolding instead of speaking: a
+  speaker label in brackets ("[The Philosopher]"), or any run of six words found in what delib
+  wrote into the prompt (the rules, the scenario's brief, every persona's text, the
+  instructions for the opening, a turn, an interjection and the verdict);
 - **on topic**: share of turns that use at least three distinct content words (four letters or
   more, not stop words) of the scenario's question and background; a crude lexical measure,
   blind to paraphrase, but it tells a turn about the question from one about anything else;
@@ -25,6 +26,7 @@ import re
 import time
 
 from bench.common import temp_archive
+from delib import prompts
 from delib.config import Overrides
 from delib.errors import DelibError
 from delib.local_models import LOCAL_MODELS, installed
@@ -33,11 +35,8 @@ from delib.runner import Run, RunRequest
 from delib.scenarios import scenario_library
 
 SCENARIOS = ("alignment-difficulty", "corrigibility")
-ECHO = re.compile(
-    r"It is your turn|\[The [^\]]{2,40}\]|\bYou are the\b|final round|state your position|"
-    r"Give your contribution",
-    re.I,
-)
+LABEL = re.compile(r"\[The [^\]]{2,40}\]")
+ECHO_WORDS = 6  # a run of this many words from the prompt's own text is an echo
 _WORD = re.compile(r"[a-z][a-z'-]{3,}")
 _STOP = frozenset(
     "that this with from have what when which while there their they them then than into "
@@ -53,6 +52,30 @@ def topic_words(scenario_id: str) -> set[str]:
     return {w for w in _WORD.findall(text) if w not in _STOP}
 
 
+def _runs(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1)}
+
+
+def scaffolding(ctx) -> set[tuple[str, ...]]:
+    """Every six-word run of the text delib itself puts into this debate's prompts."""
+    texts = [prompts.RULES, prompts.opening_instruction(ctx.moderator, ctx.scenario)]
+    texts += [prompts.verdict_instruction(ctx.scenario, ctx.cast)]
+    texts += [prompts.interjection_instruction(ctx.moderator, 2)]
+    texts += [f"{ctx.scenario.title} {ctx.scenario.question} {ctx.scenario.background}"]
+    for persona in ctx.cast.values():
+        texts += [persona.prompt, persona.role, prompts.turn_instruction(persona, 1, 1)]
+        texts += [prompts.turn_instruction(persona, 1, 2)]
+    found: set[tuple[str, ...]] = set()
+    for text in texts:
+        found |= _runs(text)
+    return found
+
+
+def echoes(text: str, scaffold: set[tuple[str, ...]]) -> bool:
+    return bool(LABEL.search(text)) or not _runs(text).isdisjoint(scaffold)
+
+
 async def one_debate(model: str, scenario: str) -> dict:
     request = RunRequest(
         scenario=scenario,
@@ -65,9 +88,11 @@ async def one_debate(model: str, scenario: str) -> dict:
     )
     run = Run(request)
     started = None
+    context = None
     async for message in run.stream():
         if message["kind"] == "ready":
             started = time.perf_counter()
+            context = message["context"]
     took = time.perf_counter() - (started or time.perf_counter())
     await run.aclose()
     result = run.result
@@ -75,6 +100,7 @@ async def one_debate(model: str, scenario: str) -> dict:
     result.raise_for_error()
     turns = [t for t in result.turns if t["kind"] != "verdict"]
     words = topic_words(scenario)
+    scaffold = scaffolding(context)
     events = [e["event"] for e in result.events]
     verdict = result.verdict or {}
     return {
@@ -83,7 +109,7 @@ async def one_debate(model: str, scenario: str) -> dict:
         "turns": len(turns),
         "debate_s": round(took, 1),
         "s_per_turn": round(sum(t["latency"] for t in result.turns) / len(result.turns), 1),
-        "echo": sum(bool(ECHO.search(t["text"])) for t in turns) / len(turns),
+        "echo": sum(echoes(t["text"], scaffold) for t in turns) / len(turns),
         "on_topic": sum(
             len(words & set(_WORD.findall(t["text"].lower()))) >= ON_TOPIC_WORDS for t in turns
         )

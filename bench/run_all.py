@@ -101,9 +101,10 @@ def _bakeoff_section(rows: list[dict], flag: str) -> list[str]:
         "## 7. The embedded model: which small model",
         "",
         f"`python -m bench.bakeoff{flag}`. A 1-round debate on each shipped model, default "
-        "settings, whole replies, timed after the server is up. Echo: share of turns repeating "
-        "the prompt's scaffolding (the turn marker, a bracketed speaker label, 'You are the', "
-        "the round instruction). On topic: share of turns using at least three content words "
+        "settings, whole replies, timed after the server is up. Echo: share of turns with a "
+        "bracketed speaker label or any six-word run of the text delib writes into prompts "
+        "(rules, brief, personas, instructions). On topic: share of turns using at least "
+        "three content words "
         "of the scenario's question and background (lexical; an echoed prompt counts too). "
         "Verdict: valid at the first reply, after a retry, or not.",
         "",
