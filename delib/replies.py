@@ -144,11 +144,9 @@ async def read_stream(
                     room = _take(chunk, reply, parts, on_token, room)
     except TimeoutError:
         raise Stalled("timeout", timeout, "did not finish its reply within") from None
-    except openai.APIStatusError:
-        raise
+    except (openai.APIStatusError, openai.APIConnectionError):
+        raise  # the retry policy's to judge
     except (*MALFORMED, openai.APIError) as exc:
-        if isinstance(exc, openai.APIConnectionError):
-            raise
         raise _malformed(exc) from None
     if reply.finish_reason is None:
         got = f" after {len(''.join(parts))} characters" if parts else ""

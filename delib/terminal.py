@@ -13,10 +13,10 @@ import re
 
 from rich.markup import escape
 
+from delib.replies import clean
+
 # C0 controls except tab and newline, DEL, and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Lone surrogates cannot be encoded for a terminal or a file.
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What a line can start with to become structure on a Markdown page: a heading, a quote, a
 # fence, an HTML block, or (a line of only these) a rule or a setext underline.
 _MD_LINE = re.compile(r"^(\s{0,3})([#>`~<]|[-=*_](?=[\s\-=*_]*$))")
@@ -26,8 +26,7 @@ def inert(text: str) -> str:
     """``text`` with control characters shown as escapes (``\\x1b``) and lone surrogates as
     U+FFFD, so that printing it cannot move the cursor, clear the screen or retitle the
     window."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return _SURROGATE.sub("\ufffd", text)
+    return clean(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def safe(value: object) -> str:
