@@ -78,6 +78,7 @@ class RunFolder:
         self._fsync: Future | None = None  # the latest background fsync of turns.jsonl
         self._lock = None
         self._inflight: dict[int, object] = {}
+        self._inflight_dir: Path | None = None  # made on the first turn, once
 
     @classmethod
     def create(cls, archive: Path, scenario_id: str) -> RunFolder:
@@ -142,9 +143,10 @@ class RunFolder:
 
     # --- turns being spoken ----------------------------------------------------------------
     def inflight_start(self, index: int, header: dict) -> None:
-        folder = self.path / INFLIGHT_DIR
-        folder.mkdir(exist_ok=True)
-        handle = open(folder / f"{index}.partial", "w", encoding="utf-8")  # noqa: SIM115
+        if self._inflight_dir is None:
+            self._inflight_dir = self.path / INFLIGHT_DIR
+            self._inflight_dir.mkdir(exist_ok=True)
+        handle = open(self._inflight_dir / f"{index}.partial", "w", encoding="utf-8")  # noqa: SIM115
         handle.write(json.dumps({"index": index, **header}, ensure_ascii=False) + "\n")
         handle.flush()
         old = self._inflight.pop(index, None)
@@ -178,6 +180,7 @@ class RunFolder:
             entry["partial_chars"] = len(text)
             found.append(entry)
         shutil.rmtree(folder, ignore_errors=True)
+        self._inflight_dir = None
         return sorted(found, key=lambda e: e.get("index", -1))
 
     def append(self, record: dict) -> None:
@@ -229,6 +232,7 @@ class RunFolder:
         folder = self.path / INFLIGHT_DIR
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
+        self._inflight_dir = None
         if self._lock is not None:
             (self.path / LOCK_FILE).unlink(missing_ok=True)
             self._lock.close()  # releases the flock

@@ -2,17 +2,19 @@
 
 ::
 
-    START → open ─┬─► speak ×1 (round_robin)               ─► watch ─┐
-         ▲        ├─► speak ×N at once (simultaneous)       ─► watch ─┤
-         │        ├─► select → speak ×1 (moderator_selects) ─► watch ─┤
-         │        ├─► interject (between rounds) ──────────────────────┤
-         │        ├─► close (the verdict) → END                        │
-         │        └─► END (deadlock, from watch)                       │
-         └──────────── open, interject and watch each end by planning ─┘
+    START → open ─┬─► turn (round_robin: speak + watch)      ──────────┐
+         ▲        ├─► select → turn (moderator_selects)     ──────────┤
+         │        ├─► speak ×N at once (simultaneous)       ─► watch ─┤
+         │        ├─► interject (between rounds) ─────────────────────┤
+         │        ├─► close (the verdict) → END                       │
+         │        └─► END (deadlock, from turn or watch)              │
+         └──── open, interject, turn and watch each end by planning ──┘
 
-Each of ``open``, ``interject`` and ``watch`` ends by planning what comes next
-(``routing.then_plan``), and ``routing.route`` sends the run on from there: one step a turn
-fewer than a separate planning node, so one checkpoint fewer.
+Each of ``open``, ``interject``, ``turn`` and ``watch`` ends by planning what comes next
+(``routing.then_plan``), and ``routing.route`` sends the run on from there: no separate
+planning step. One participant's turn is one step (spoken, then watched): each step costs a
+checkpoint and LangGraph's scheduling, about 1 ms at 50 ms reply latency
+(``bench.overhead``).
 
 The nodes are in ``nodes`` (plain functions of the state and ``Runtime[DebateContext]``),
 routing in ``routing`` and the intervention ladder in ``ladder``, both pure. The context is
@@ -33,6 +35,7 @@ from delib.state import DebateContext, DebateState
 def build_graph() -> StateGraph:
     graph = StateGraph(DebateState, context_schema=DebateContext)
     graph.add_node("open", nodes.open_debate)
+    graph.add_node("turn", nodes.turn)
     graph.add_node("speak", nodes.speak)
     graph.add_node("select", nodes.select)
     graph.add_node("interject", nodes.interject)
@@ -41,13 +44,14 @@ def build_graph() -> StateGraph:
     graph.add_edge(START, "open")
     # Where each planning node can go (LangGraph draws these): only watch can end the run
     # with a deadlock, and an interjection is always followed by the round's speakers.
-    speakers = {"speak": "speak", "select": "select", "close": "close"}
+    speakers = {"turn": "turn", "speak": "speak", "select": "select", "close": "close"}
     graph.add_conditional_edges("open", routing.route, {**speakers, "interject": "interject"})
     graph.add_conditional_edges("interject", routing.route, speakers)
-    graph.add_conditional_edges(
-        "watch", routing.route, {**speakers, "interject": "interject", "end": END}
-    )
-    graph.add_conditional_edges("select", routing.after_select, ["speak"])
+    for watching in ("turn", "watch"):
+        graph.add_conditional_edges(
+            watching, routing.route, {**speakers, "interject": "interject", "end": END}
+        )
+    graph.add_edge("select", "turn")
     graph.add_edge("speak", "watch")
     graph.add_edge("close", END)
     return graph

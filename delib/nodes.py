@@ -16,7 +16,14 @@ from delib import prompts
 from delib.ladder import LADDER, climb, resolved
 from delib.loops import Detection, LoopMode, detect
 from delib.records import estimate_tokens, spent
-from delib.routing import then_plan, transcript_tokens, verdict_tokens, visible
+from delib.routing import (
+    merged,
+    next_task,
+    then_plan,
+    transcript_tokens,
+    verdict_tokens,
+    visible,
+)
 from delib.speaking import build_prompt, call, emit, speak_turn, token_counts
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.structured import speaker_schema, verdict_schema
@@ -54,6 +61,19 @@ async def open_debate(state: DebateState, runtime: Ctx) -> dict:
 
 
 async def speak(task: SpeakTask, runtime: Ctx) -> dict:
+    """One participant of a simultaneous round (``watch`` follows the whole round)."""
+    return await _participant(task, runtime)
+
+
+async def turn(state: DebateState, runtime: Ctx) -> dict:
+    """The next participant speaks, the detectors watch, and the step plans what comes next:
+    one step (and one checkpoint) a turn where a separate ``watch`` would take two."""
+    spoken = await _participant(next_task(state), runtime)
+    watched = await _watch(merged(state, spoken), runtime)
+    return then_plan(state, merged(spoken, watched), runtime.context)
+
+
+async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
     ctx = runtime.context
     speaker = ctx.cast[task["speaker"]]
     turn = await speak_turn(
@@ -120,8 +140,8 @@ async def interject(state: DebateState, runtime: Ctx) -> dict:
 
 
 async def watch(state: DebateState, runtime: Ctx) -> dict:
-    """Run the loop detectors over the new turns and climb the ladder if one fires; then plan
-    what comes next."""
+    """After a simultaneous round: run the loop detectors over the new turns and climb the
+    ladder if one fires; then plan what comes next."""
     return then_plan(state, await _watch(state, runtime), runtime.context)
 
 

@@ -99,6 +99,10 @@ _PIVOT = re.compile(
 _strong = [re.compile(p, re.I) for p in _STRONG_OPENINGS]
 _buried = [re.compile(p, re.I) for p in _BURIED]
 _engaged = [re.compile(p, re.I) for p in _ENGAGED]
+# One search that tells whether any of a list matches (most replies match none of them): the
+# list's own patterns are searched one by one only when it does.
+_strong_any = re.compile("|".join(f"(?:{p})" for p in _STRONG_OPENINGS), re.I)
+_buried_any = re.compile("|".join(f"(?:{p})" for p in _BURIED), re.I)
 
 
 # Sentences that decline without an explicit "I can't", and explicit forms the opening
@@ -187,8 +191,8 @@ def _normalise(text: str) -> str:
 def rule_score(text: str) -> float:
     """The hand-weighted cue score of the first version (one feature of the model)."""
     opening = text[:OPENING_CHARS]
-    strong_open = sum(1 for p in _strong if p.search(opening))
-    buried = sum(1 for p in _buried if p.search(text))
+    strong_open = sum(1 for p in _strong if p.search(opening)) if _strong_any.search(opening) else 0
+    buried = sum(1 for p in _buried if p.search(text)) if _buried_any.search(text) else 0
     engaged = sum(len(p.findall(text)) for p in _engaged)
     score = 0.1 * min(buried, 3)
     if strong_open:

@@ -112,20 +112,25 @@ def then_plan(state: DebateState, update: dict, ctx: DebateContext) -> dict:
     return {**update, **plan(merged(state, update), ctx)}
 
 
-def task(state: DebateState, pid: str, offset: int = 0) -> Send:
-    """The ``speak`` node's input for one participant."""
-    payload: SpeakTask = {
+def speak_task(state: DebateState, pid: str, offset: int = 0) -> SpeakTask:
+    """What one participant's turn needs: who, at which index and round, on which model."""
+    return {
         "speaker": pid,
         "index": state.get("count", 0) + offset,
         "round": state["round"],
         "model": state.get("swapped", {}).get(pid),
     }
-    return Send("speak", payload)
 
 
-def route(state: DebateState) -> str | list[Send] | Send:
+def next_task(state: DebateState) -> SpeakTask:
+    """The one participant due next (round robin, or the moderator's choice)."""
+    return speak_task(state, state["pending"][0])
+
+
+def route(state: DebateState) -> str | list[Send]:
     """After a step that planned: the end (deadlock), the verdict, an interjection, or the
-    speakers."""
+    speakers: one participant's ``turn`` (spoken and watched in one step), the moderator's
+    choice first, or a ``speak`` per participant at once."""
     if state.get("stop_reason") == StopReason.deadlock.value:
         return "end"
     if state.get("stop_reason"):
@@ -135,14 +140,10 @@ def route(state: DebateState) -> str | list[Send] | Send:
     pending = state["pending"]
     step = state.get("step", "one")
     if step == "all":
-        return [task(state, pid, offset) for offset, pid in enumerate(pending)]
+        return [Send("speak", speak_task(state, pid, n)) for n, pid in enumerate(pending)]
     if step == "select":
         return "select"
-    return task(state, pending[0])
-
-
-def after_select(state: DebateState) -> Send:
-    return task(state, state["pending"][0])
+    return "turn"
 
 
 def visible(turns: list[Turn], round_no: int, protocol: Protocol) -> list[Turn]:

@@ -14,9 +14,9 @@ from delib.routing import (
     CONTEXT_MARGIN,
     MIN_REPLY_TOKENS,
     VERDICT_MIN_TOKENS,
-    after_select,
     fits_budget,
     merged,
+    next_task,
     plan,
     prompt_limit,
     reply_cap,
@@ -91,8 +91,9 @@ def test_the_opening_leads_into_round_one_with_everyone_pending():
 def test_round_robin_goes_in_listed_order_and_skips_who_has_spoken():
     state = {"round": 1, "count": 2, "said": {"a": 1}}
     assert plan(state, context())["pending"] == ["b", "c"]
-    routed = route({**state, **plan(state, context())})
-    assert isinstance(routed, Send) and routed.arg["speaker"] == "b" and routed.arg["index"] == 2
+    planned = {**state, **plan(state, context())}
+    assert route(planned) == "turn"
+    assert next_task(planned)["speaker"] == "b" and next_task(planned)["index"] == 2
 
 
 def test_a_new_round_starts_with_an_interjection_unless_the_scenario_says_no():
@@ -114,6 +115,7 @@ def test_simultaneous_sends_everyone_at_once_with_consecutive_indices():
     state = {"round": 0, "count": 1}
     state = {**state, **plan(state, context(Protocol.simultaneous))}
     sends = route(state)
+    assert all(isinstance(s, Send) and s.node == "speak" for s in sends)
     assert [s.arg["speaker"] for s in sends] == PANEL
     assert [s.arg["index"] for s in sends] == [1, 2, 3]
 
@@ -123,16 +125,17 @@ def test_moderator_selects_asks_the_moderator_until_one_is_left():
     state = {"round": 1, "count": 2, "said": {"a": 1}}
     assert route({**state, **plan(state, ctx)}) == "select"
     last = {"round": 1, "count": 3, "said": {"a": 1, "b": 1}}
-    assert route({**last, **plan(last, ctx)}).arg["speaker"] == "c"
+    last_planned = {**last, **plan(last, ctx)}
+    assert route(last_planned) == "turn" and next_task(last_planned)["speaker"] == "c"
     chosen = {"round": 1, "count": 2, "pending": ["c"]}
-    assert after_select(chosen).arg["speaker"] == "c"
+    assert next_task(chosen)["speaker"] == "c"
 
 
 def test_skipped_participants_are_not_asked_and_swapped_ones_get_the_fallback_model():
     state = {"round": 1, "count": 2, "skipped": ["a"], "swapped": {"b": "big"}}
     planned = plan(state, context())
     assert planned["pending"] == ["b", "c"]
-    assert route({**state, **planned}).arg["model"] == "big"
+    assert next_task({**state, **planned})["model"] == "big"
 
 
 def test_budget_stops_before_a_turn_that_would_not_fit_with_the_verdict():
