@@ -31,6 +31,7 @@ from delib.archive import (
     read_records,
     require_archive,
 )
+from delib.cli_sweep import compare_cmd, sweep_app
 from delib.config import (
     CLI_ENDPOINT,
     EMBEDDED_ENDPOINT,
@@ -88,6 +89,8 @@ app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(transcripts_app, name="transcripts")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(local_app, name="local")
+app.add_typer(sweep_app, name="sweep")
+app.command("compare")(compare_cmd)
 
 
 class PromptLayout(StrEnum):
@@ -727,6 +730,8 @@ def scenarios_show(
     s = loaded.item
     out.print(f"[bold]{safe(s.title)}[/bold] ({safe(s.id)})\n[dim]{safe(loaded.path)}[/dim]\n")
     out.print(inert(f"Question: {s.question.strip()}\n"), markup=False)
+    if s.motion:
+        out.print(inert(f"Motion (stance 1-7): {s.motion.strip()}\n"), markup=False)
     if s.background:
         out.print(inert(f"Background: {s.background.strip()}\n"), markup=False)
     out.print(safe(f"Moderator: {s.moderator}\nParticipants: {', '.join(s.participants)}"))

@@ -89,7 +89,10 @@ class EndpointClient:
     """Talks to one endpoint; shared by every persona that uses it in a run."""
 
     def __init__(
-        self, endpoint: Endpoint, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        endpoint: Endpoint,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: Limits | None = None,
     ) -> None:
         cfg = endpoint.config
         self.endpoint = endpoint
@@ -112,7 +115,8 @@ class EndpointClient:
             "json_schema" if cfg.structured_output == "auto" else cfg.structured_output
         )
         self.adaptations: list[Adaptation] = []
-        self.semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        # Requests in flight to this server: shared with every other run of a sweep.
+        self.semaphore = (limits or Limits()).semaphore(cfg.base_url, cfg.max_concurrency)
         self._models: list[str] | None = None
 
     @property
@@ -328,16 +332,31 @@ def is_format_error(exc: BaseException | None) -> bool:
     return any(marker in text for marker in REJECTION_MARKERS)
 
 
+class Limits:
+    """How many requests may be in flight to each server (by base URL), however many runs
+    share it: one ``Limits`` for a whole sweep keeps its endpoints' ``max_concurrency``."""
+
+    def __init__(self) -> None:
+        self._by_url: dict[str, asyncio.Semaphore] = {}
+
+    def semaphore(self, base_url: str, limit: int) -> asyncio.Semaphore:
+        key = base_url.rstrip("/")
+        if key not in self._by_url:
+            self._by_url[key] = asyncio.Semaphore(limit)
+        return self._by_url[key]
+
+
 @dataclass
 class Clients:
     """One EndpointClient per endpoint name, shared by the personas of a run."""
 
     by_name: dict[str, EndpointClient] = field(default_factory=dict)
     transport: httpx.AsyncBaseTransport | None = None  # in-process, for tests; None: HTTP
+    limits: Limits = field(default_factory=Limits)
 
     def get(self, endpoint: Endpoint) -> EndpointClient:
         if endpoint.name not in self.by_name:
-            self.by_name[endpoint.name] = EndpointClient(endpoint, self.transport)
+            self.by_name[endpoint.name] = EndpointClient(endpoint, self.transport, self.limits)
         return self.by_name[endpoint.name]
 
     def adaptations(self) -> list[Adaptation]:

@@ -118,7 +118,7 @@ def load_file(path: Path, model: type[M]) -> Loaded[M]:
         if size > MAX_FILE_BYTES:
             raise FileFormatError(
                 str(path),
-                f"file is {size / 1024:.0f} KiB; persona and scenario files are capped at "
+                f"file is {size / 1024:.0f} KiB; persona, scenario and sweep files are capped at "
                 f"{MAX_FILE_BYTES // 1024} KiB",
             )
         raw = path.read_bytes()

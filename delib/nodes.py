@@ -84,8 +84,11 @@ async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
         round_no=task["round"],
         kind="statement",
         visible=visible(ctx.log.turns, task["round"], ctx.protocol),
-        instruction=prompts.turn_instruction(speaker, task["round"], ctx.rounds),
+        instruction=prompts.turn_instruction(
+            speaker, task["round"], ctx.rounds, ctx.scenario.motion
+        ),
         model=task.get("model"),
+        stance=ctx.scenario.motion is not None,
     )
     return {"count": 1, "tokens": spent(turn["tokens"]), "said": {speaker.id: task["round"]}}
 

@@ -62,6 +62,8 @@ class RunRequest:
     local_model: str | None = None  # which shipped model the embedded server runs (None: default)
     prompt_layout: str | None = None  # persona_first | shared_first; None: per endpoint
     personas: list[Persona] = field(default_factory=list)
+    participant_order: list[str] | None = None  # the scenario's participants, reordered
+    sweep: dict[str, Any] | None = None  # the sweep and cell this run belongs to
 
     @property
     def scenario_id(self) -> str:
@@ -97,6 +99,8 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
         "chat_format": req.chat_format,
         "local_model": req.local_model,
         "prompt_layout": req.prompt_layout,
+        "participant_order": req.participant_order,
+        "sweep": req.sweep,
     }
     if isinstance(req.scenario, Scenario):
         data["scenario_inline"] = req.scenario.model_dump(mode="json")
@@ -127,6 +131,8 @@ def request_from_dict(data: dict[str, Any], archive: Path | None) -> RunRequest:
         local_model=data.get("local_model"),
         prompt_layout=data.get("prompt_layout"),
         personas=[Persona.model_validate(p) for p in data.get("personas_inline") or []],
+        participant_order=data.get("participant_order"),
+        sweep=data.get("sweep"),
     )
 
 
@@ -208,6 +214,14 @@ async def prepare(
         loaded = scenario_library(req.scenarios_dir).get(req.scenario)
         scenario = loaded.item
         scenario_source = Source(str(loaded.path), loaded.sha256)
+    if req.participant_order is not None:
+        if sorted(req.participant_order) != sorted(scenario.participants):
+            raise SettingError(
+                "participant_order",
+                ", ".join(req.participant_order),
+                f"must list this scenario's participants: {', '.join(scenario.participants)}",
+            )
+        scenario = scenario.model_copy(update={"participants": list(req.participant_order)})
     cast_ids = cast_for(scenario, scenario_source.path, personas, extra=given)
     unknown = [pid for pid in req.overrides.persona_models if pid not in cast_ids]
     if unknown:
@@ -298,6 +312,7 @@ async def prepare(
         "endpoints": list(endpoints.values()),
         "local_model": _local_description(local),
         "versions": _versions(),
+        "sweep": req.sweep,
         "started_at": None,
         "ended_at": None,
         "stop_reason": None,

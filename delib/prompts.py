@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 
+from delib import stance
 from delib.endpoints import Prompt
 from delib.personas import Persona
 from delib.records import CHARS_PER_TOKEN
@@ -225,13 +226,16 @@ def opening_instruction(moderator: Persona, scenario: Scenario) -> str:
     )
 
 
-def turn_instruction(speaker: Persona, round_no: int, rounds: int) -> str:
+def turn_instruction(
+    speaker: Persona, round_no: int, rounds: int, motion: str | None = None
+) -> str:
     stage = (
         "final round: state your position and what would change your mind"
         if (round_no == rounds)
         else f"round {round_no} of {rounds}"
     )
-    return f"{TURN_MARKER}, {speaker.name} ({stage}). Give your contribution now."
+    text = f"{TURN_MARKER}, {speaker.name} ({stage}). Give your contribution now."
+    return f"{text} {stance.instruction(motion)}" if motion else text
 
 
 def interjection_instruction(moderator: Persona, round_no: int) -> str:

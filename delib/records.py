@@ -16,6 +16,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
+from delib.stance import Stance
+
 # 2: manifests carry schema_version; the graph state holds counters, not the turn list.
 SCHEMA_VERSION = 2
 
@@ -75,6 +77,7 @@ class Turn(TypedDict):
     omitted_turns: NotRequired[int]  # turns folded into the rolling summary for this prompt
     summary_tokens: NotRequired[int]  # what that summary cost (estimated)
     truncated: NotRequired[dict[str, int]]  # received_chars, kept_chars: a reply past its cap
+    stance: NotRequired[Stance]  # where the scenario has a motion (participants' statements)
 
 
 class Event(TypedDict):
@@ -125,6 +128,7 @@ class Manifest(TypedDict, total=False):
     endpoints: list[dict[str, Any]]
     local_model: dict[str, Any] | None
     versions: dict[str, str]
+    sweep: dict[str, Any] | None  # name, cell key, attempt and labels, for a sweep's runs
     started_at: str | None
     ended_at: str | None
     stop_reason: str | None

@@ -83,6 +83,8 @@ class LiveView:
             self.header(start)
             if turn["kind"] != "verdict":
                 self.console.print(inert(turn["text"]), markup=False, highlight=False)
+        if "stance" in turn:
+            self.console.print(f"[dim]{safe(stance_text(turn['stance']))}[/dim]")
         self.starts.pop(index, None)
         self.buffers.pop(index, None)
         # Promote a turn still streaming, showing what it has said so far.
@@ -139,6 +141,15 @@ def event_detail(event: dict) -> str:
     return str(event.get("reason") or event.get("what") or event.get("speaker") or "")
 
 
+def stance_text(stance: dict) -> str:
+    """A turn's stance on the motion, in words."""
+    if stance.get("agreement") is None:
+        return f"stance: unknown ({stance.get('status')})"
+    confidence = stance.get("confidence")
+    sure = f", confidence {confidence:.2f}" if confidence is not None else ""
+    return f"stance: {stance['agreement']}/7{sure}"
+
+
 def _tokens_line(tokens: dict) -> str:
     mark = " (estimated)" if tokens.get("estimated") else ""
     return f"{tokens['prompt']} prompt + {tokens['completion']} completion tokens{mark}"
@@ -181,6 +192,8 @@ def markdown(manifest: dict, records: list[dict]) -> str:
             lines += ["*(structured verdict below)*", ""]
         else:
             lines += [md_text(record["text"]) or "*(empty reply)*", ""]
+        if "stance" in record:
+            lines += [f"*{stance_text(record['stance'])}*", ""]
     lines += verdict_lines(manifest)
     tokens = manifest.get("tokens")
     if tokens:

@@ -74,7 +74,13 @@ def debate_responder(request: dict) -> str:
         opener = rng.choice(_OPENERS).format(who=who)
         a, b, c, d, e = rng.sample(_WORDS, 5)
         sentences.append(f"{opener} {a} and {b} shape {c}, while {d} limits {e}.")
-    return " ".join(sentences)
+    said = " ".join(sentences)
+    if "STANCE: <1-" in text:  # a scenario with a motion: a stance line, mostly
+        model = str(request.get("model", ""))
+        pick = random.Random(zlib.crc32(f"{model}{all_text}".encode()))
+        if pick.random() < 0.9:
+            said += f"\nSTANCE: {pick.randint(2, 6)}/7 CONFIDENCE: {pick.choice((0.5, 0.7, 0.9))}"
+    return said
 
 
 def conform(reply: str, schema: dict | None, invalid: bool) -> str:

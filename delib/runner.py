@@ -25,7 +25,7 @@ from langgraph.errors import GraphRecursionError
 
 from delib.archive import RunFolder, archive_dir, read_manifest
 from delib.config import Overrides
-from delib.endpoints import Clients
+from delib.endpoints import Clients, Limits
 from delib.errors import DelibError
 from delib.graph import compile_graph
 from delib.local import LocalServer
@@ -97,10 +97,11 @@ class Run:
         *,
         resume: Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.request = request
         self.resume_folder = resume
-        self.clients = Clients(transport=transport)
+        self.clients = Clients(transport=transport, limits=limits or Limits())
         self.local: LocalServer | None = None
         self.folder: Path | None = None  # the run folder, once it exists
         self.result: RunResult | None = None

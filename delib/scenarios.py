@@ -60,6 +60,13 @@ class Scenario(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     question: str = Field(min_length=1, description="The question put to the panel")
     background: str = Field(default="", description="Context every participant is given")
+    motion: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="A claim the panel can agree or disagree with; participants then end each "
+        "turn with a stance line (delib.stance)",
+    )
     source_seed: str = Field(min_length=1, description="Seed text the scenario draws on")
     moderator: PersonaId = DEFAULT_MODERATOR
     participants: list[PersonaId] = Field(min_length=2, max_length=12)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delib import prompts
+from delib import stance as stances
 from delib.endpoints import Prompt, Reply
 from delib.personas import Persona
 from delib.records import Event, Tokens, Turn, estimate_tokens, make_event, now
@@ -126,8 +127,10 @@ async def speak_turn(
     stream: bool | None = None,
     model: str | None = None,
     schema: tuple[str, dict[str, Any]] | None = None,
+    stance: bool = False,
 ) -> Turn:
-    """Speak one turn, record it and announce it; returns the turn record."""
+    """Speak one turn, record it and announce it; returns the turn record. With ``stance``,
+    the reply's closing stance line is parsed and taken out of the text."""
     start = {
         "kind": "turn_start",
         "index": index,
@@ -152,6 +155,7 @@ async def speak_turn(
         ctx, writer, speaker, prompt, index=index, max_tokens=max_tokens, stream=stream,
         model=model, schema=schema,
     )  # fmt: skip
+    text, position = stances.split(reply.text) if stance else (reply.text, None)
     turn: Turn = {
         "type": "turn",
         "index": index,
@@ -160,8 +164,8 @@ async def speak_turn(
         "name": speaker.name,
         "role": start["role"],  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
-        "text": reply.text,
-        "refusal": dataclasses.asdict(classify(reply.text)),  # type: ignore[typeddict-item]
+        "text": text,
+        "refusal": dataclasses.asdict(classify(text)),  # type: ignore[typeddict-item]
         "model": reply.model,
         "endpoint": settings.endpoint.name,
         "tokens": token_counts(reply, prompt),
@@ -169,6 +173,8 @@ async def speak_turn(
         "finish_reason": reply.finish_reason,
         "started_at": started_at,
     }
+    if position is not None:
+        turn["stance"] = position
     if reply.timings:
         turn["timings"] = reply.timings
     if reply.truncated:  # a server that ignored max_tokens: the rest was counted, not kept

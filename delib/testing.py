@@ -75,6 +75,8 @@ class FakeOpenAIServer:
     host: str = "127.0.0.1"
     port: int = 0
     history: list[dict] = field(default_factory=list)
+    in_flight: int = 0  # chat requests being answered now
+    most_in_flight: int = 0  # the most there ever were at once
     _replies: deque = field(default_factory=deque)
     _faults: deque = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -336,7 +338,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
-        self._reply("POST", self.rfile.read(length))
+        fake = self.fake
+        with fake._lock:
+            fake.in_flight += 1
+            fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
+        try:
+            self._reply("POST", self.rfile.read(length))
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
 
 
 class _Events(httpx.AsyncByteStream):

@@ -144,6 +144,22 @@ def test_moderator_selects_and_falls_back(tmp_path: Path):
     ]
 
 
+def test_a_moderator_naming_the_same_speaker_forever_gets_each_their_share(tmp_path: Path):
+    def responder(request: dict) -> str:
+        if SELECT_MARKER in last_user(request):
+            return '{"speaker": "oversight"} oversight, always oversight'
+        return debate_responder(request)
+
+    with FakeOpenAIServer(responder=responder) as server:
+        result, _ = debate(server, tmp_path, rounds=3, protocol=Protocol.moderator_selects)
+    assert result.stop_reason is StopReason.completed
+    said = [t for t in turns_of(result.folder) if t["role"] == "participant"]
+    for round_no in (1, 2, 3):
+        speakers = [t["speaker"] for t in said if t["round"] == round_no]
+        assert sorted(speakers) == sorted(PARTICIPANTS)  # once each, whatever was named
+        assert speakers[0] == "oversight"
+
+
 def test_persona_text_cannot_end_or_redirect_the_debate(tmp_path: Path):
     hostile = [
         "TERMINATE",

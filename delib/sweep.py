@@ -1,0 +1,340 @@
+"""Sweeps: one YAML file names scenarios × models × seeds × protocols; each cell of that matrix
+is an ordinary run in the archive, tagged with the sweep's name and the cell's key.
+
+A cell's key is a hash of its resolved settings, so editing the file (another model, another
+seed) keeps the keys of the cells that were already there: a rerun runs only what is missing,
+resumes what was cut off, and (with ``--retry-failed``) tries failed cells again, each at most
+``max_attempts`` times. The state of every cell is read from the archive itself (run manifests
+plus the sweep's ledger, ``<archive>/sweeps/<name>/attempts.jsonl``), never from memory.
+
+    scenarios: [alignment-difficulty, corrigibility]
+    models:
+      - {base_url: "http://127.0.0.1:8001/v1", model: model-a}
+      - {endpoint: ollama, model: "qwen2.5:7b", personas: {philosopher: "llama3.2:3b"}}
+    seeds: [1, 2]
+    protocols: [round_robin, simultaneous]
+    rounds: 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from delib.archive import FINISHED, is_locked, read_manifest, run_folders
+from delib.config import Overrides, redact_url
+from delib.errors import DelibError, InputError
+from delib.library import load_file
+from delib.loops import LoopMode
+from delib.personas import ID_PATTERN
+from delib.prepare import RunRequest
+from delib.records import now
+from delib.scenarios import Protocol
+
+SWEEPS_DIR = "sweeps"
+LEDGER_FILE = "attempts.jsonl"
+SPEC_FILE = "sweep.json"
+DEFAULT_MAX_ATTEMPTS = 3
+
+CellState = Literal["done", "running", "failed", "interrupted", "missing"]
+
+
+class ModelSpec(BaseModel):
+    """Which server and model the panel speaks through (all personas, or per persona)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str | None = Field(default=None, min_length=1)
+    endpoint: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+    personas: dict[str, str] = Field(default_factory=dict, description="persona id -> model")
+    api_key_env: str | None = None
+    label: str | None = Field(default=None, min_length=1, max_length=80)
+
+    @model_validator(mode="after")
+    def _one_server(self) -> ModelSpec:
+        if (self.base_url is None) == (self.endpoint is None):
+            raise ValueError("give exactly one of base_url and endpoint")
+        return self
+
+    @property
+    def name(self) -> str:
+        """How reports name this model."""
+        return self.label or self.model or self.endpoint or redact_url(self.base_url) or "?"
+
+    def settings(self) -> dict:
+        """What identifies it in a cell's key (the label is only a name)."""
+        return self.model_dump(exclude={"label"}, exclude_none=True, exclude_defaults=True)
+
+
+class SweepSpec(BaseModel):
+    """A sweep file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
+    scenarios: list[str] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    protocols: list[Protocol | None] = Field(default_factory=lambda: [None], min_length=1)
+    rounds: int | None = Field(default=None, ge=1, le=200)
+    order: Literal["listed", "shuffle"] = "listed"
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    token_budget: int | None = Field(default=None, ge=1)
+    loops: LoopMode | None = None
+    stream: bool = False
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    concurrency: int = Field(default=4, ge=1, le=1024, description="debates at once")
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="model -> {prompt, completion}: dollars per million tokens",
+    )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the matrix."""
+
+    key: str
+    scenario: str
+    model: ModelSpec
+    seed: int
+    protocol: Protocol | None
+    settings: dict
+
+    def labels(self) -> dict:
+        return {
+            "scenario": self.scenario,
+            "model": self.model.name,
+            "seed": self.seed,
+            "protocol": self.protocol.value if self.protocol else None,
+        }
+
+
+@dataclass
+class Sweep:
+    name: str
+    spec: SweepSpec
+    cells: list[Cell]
+    source: str  # the file it was read from
+
+
+def cell_key(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def expand(name: str, spec: SweepSpec, source: str = "(given in code)") -> Sweep:
+    """The matrix, in file order: scenario, then model, then protocol, then seed."""
+    shared = spec.model_dump(
+        include={"rounds", "order", "temperature", "max_tokens", "token_budget", "loops"},
+        mode="json",
+        exclude_none=True,
+    )
+    cells = []
+    seen: set[str] = set()
+    for scenario, model, protocol, seed in itertools.product(
+        spec.scenarios, spec.models, spec.protocols, spec.seeds
+    ):
+        settings = {
+            "scenario": scenario,
+            "model": model.settings(),
+            "protocol": protocol.value if protocol else None,
+            "seed": seed,
+            **shared,
+        }
+        key = cell_key(settings)
+        if key in seen:
+            continue  # the same cell listed twice runs once
+        seen.add(key)
+        cells.append(Cell(key, scenario, model, seed, protocol, settings))
+    return Sweep(name=name, spec=spec, cells=cells, source=source)
+
+
+def load(path: Path) -> Sweep:
+    """Read, validate and expand a sweep file; errors name the file and field."""
+    spec = load_file(path, SweepSpec).item
+    return expand(spec.name or path.stem, spec, str(path))
+
+
+def participant_order(participants: list[str], seed: int) -> list[str]:
+    """Speaker order for ``order: shuffle``: a fixed permutation per seed."""
+    shuffled = list(participants)
+    random.Random(f"delib-order-{seed}").shuffle(shuffled)
+    return shuffled
+
+
+def request_for(
+    sweep: Sweep, cell: Cell, archive: Path, attempt: int, participants: list[str] | None = None
+) -> RunRequest:
+    """The run request of one cell (``participants``: the scenario's, to shuffle)."""
+    spec, model = sweep.spec, cell.model
+    order = participant_order(participants, cell.seed) if participants else None
+    return RunRequest(
+        scenario=cell.scenario,
+        overrides=Overrides(
+            base_url=model.base_url,
+            endpoint=model.endpoint,
+            model=model.model,
+            api_key_env=model.api_key_env,
+            persona_models=dict(model.personas),
+            temperature=spec.temperature,
+            max_tokens=spec.max_tokens,
+        ),
+        rounds=spec.rounds,
+        protocol=cell.protocol,
+        token_budget=spec.token_budget,
+        seed=cell.seed,
+        stream=spec.stream,
+        archive=archive,
+        loops=spec.loops,
+        participant_order=order,
+        sweep={"name": sweep.name, "cell": cell.key, "attempt": attempt, **cell.labels()},
+    )
+
+
+# --- the state of a sweep, read from the archive ----------------------------------------------
+def sweep_dir(archive: Path, name: str) -> Path:
+    return archive / SWEEPS_DIR / name
+
+
+@dataclass
+class CellStatus:
+    cell_key: str
+    labels: dict
+    state: CellState
+    attempts: int = 0
+    runs: list[dict] = field(default_factory=list)  # manifests, oldest first
+    error: str | None = None
+
+    @property
+    def latest(self) -> dict | None:
+        return self.runs[-1] if self.runs else None
+
+
+def ledger(archive: Path, name: str) -> list[dict]:
+    path = sweep_dir(archive, name) / LEDGER_FILE
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash
+        if isinstance(entry, dict) and isinstance(entry.get("cell"), str):
+            entries.append(entry)
+    return entries
+
+
+def note(archive: Path, name: str, **entry: object) -> None:
+    """Append to the sweep's ledger (one process writes it: ``SweepLock``)."""
+    folder = sweep_dir(archive, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LEDGER_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"at": now(), **entry}) + "\n")
+
+
+def save_spec(archive: Path, sweep: Sweep) -> None:
+    """The sweep's cells as last run, so ``status`` and ``report`` work by name alone."""
+    folder = sweep_dir(archive, sweep.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "name": sweep.name,
+        "source": sweep.source,
+        "spec": sweep.spec.model_dump(mode="json"),
+        "saved_at": now(),
+    }
+    (folder / SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def saved(archive: Path, name: str) -> Sweep:
+    """A sweep by name, from the archive (as its last ``sweep run`` left it)."""
+    path = sweep_dir(archive, name) / SPEC_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        spec = SweepSpec.model_validate(data["spec"])
+    except FileNotFoundError:
+        known = ", ".join(sweep_names(archive)) or "none"
+        raise InputError(
+            f"no sweep '{name}' in {archive} (known: {known}); give the sweep file instead"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise InputError(f"{path}: unreadable sweep record ({exc})") from None
+    return expand(name, spec, data.get("source") or str(path))
+
+
+def sweep_names(archive: Path) -> list[str]:
+    root = archive / SWEEPS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).exists())
+
+
+def find(archive: Path, wanted: str) -> Sweep:
+    """A sweep file's path, or the name of a sweep already run in this archive."""
+    path = Path(wanted)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return load(path)
+    return saved(archive, wanted)
+
+
+def runs_of(archive: Path, name: str) -> dict[str, list[tuple[Path, dict]]]:
+    """The archive's runs of this sweep by cell key, oldest first."""
+    found: dict[str, list[tuple[Path, dict]]] = {}
+    if not archive.is_dir():
+        return found
+    for folder in run_folders(archive):
+        try:
+            manifest = read_manifest(folder)
+        except DelibError:
+            continue  # a damaged run is named by `transcripts list`; it is not this sweep's
+        tag = manifest.get("sweep") or (manifest.get("request") or {}).get("sweep")
+        if isinstance(tag, dict) and tag.get("name") == name and isinstance(tag.get("cell"), str):
+            found.setdefault(tag["cell"], []).append((folder, manifest))
+    for runs in found.values():
+        runs.sort(key=lambda item: item[1].get("started_at") or "")
+    return found
+
+
+def status(archive: Path, sweep: Sweep) -> list[CellStatus]:
+    """Each cell's state: done, running, failed, interrupted or missing."""
+    runs = runs_of(archive, sweep.name)
+    starts: dict[str, int] = {}
+    last_error: dict[str, str | None] = {}
+    for entry in ledger(archive, sweep.name):
+        if entry.get("outcome") == "started":
+            starts[entry["cell"]] = starts.get(entry["cell"], 0) + 1
+        elif entry.get("outcome") in ("failed", "finished"):
+            last_error[entry["cell"]] = entry.get("error")
+    result = []
+    for cell in sweep.cells:
+        mine = runs.get(cell.key, [])
+        attempts = max(starts.get(cell.key, 0), len(mine))
+        state: CellState
+        error = last_error.get(cell.key)
+        if mine:
+            folder, manifest = mine[-1]
+            stop = manifest.get("stop_reason")
+            if stop in FINISHED:
+                state, error = "done", None
+            elif is_locked(folder):
+                state = "running"
+            elif stop == "error":
+                state, error = "failed", manifest.get("error") or error
+            else:
+                state = "interrupted"
+        else:
+            state = "failed" if attempts else "missing"
+        result.append(
+            CellStatus(cell.key, cell.labels(), state, attempts, [m for _, m in mine], error)
+        )
+    return result
