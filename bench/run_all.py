@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import bakeoff, local_model, loops_cost, memory, overhead, parallel, refusals
+from bench import bakeoff, local_model, loops_cost, memory, overhead, parallel, refusals, sweep
 from bench.common import ROOT, machine
 from delib.errors import DelibError
 
@@ -157,6 +157,30 @@ def _refusal_section(result: dict, flag: str) -> list[str]:
     return lines
 
 
+def _sweep_section(rows: list[dict], flag: str) -> list[str]:
+    lines = [
+        "## 8. Sweeps",
+        "",
+        f"`python -m bench.sweep{flag}`. One sweep of {rows[0]['cells']} cells (2 scenarios, 1 "
+        "round, one model, one seed per cell) against the test server with no reply latency, "
+        "whole replies, at each concurrency in a fresh Python process; peak RSS from "
+        "`getrusage`, baseline after imports. Every cell is a full run: run folder, "
+        "checkpoints, index row, manifest.",
+        "",
+    ]
+    return lines + _table(
+        rows,
+        [
+            ("cells", "cells"),
+            ("concurrency", "concurrency"),
+            ("wall_s", "wall (s)"),
+            ("cells_per_s", "cells per second"),
+            ("baseline_mib", "baseline (MiB)"),
+            ("peak_rss_mib", "peak RSS (MiB)"),
+        ],
+    )
+
+
 def report(tiny: bool) -> str:
     started = time.perf_counter()
     over = asyncio.run(overhead.measure(tiny))
@@ -165,6 +189,7 @@ def report(tiny: bool) -> str:
     mem = memory.measure(tiny)
     loops = loops_cost.measure(tiny)
     refusal = refusals.measure(tiny)
+    sweeps = sweep.measure(tiny)
     try:
         local: dict | None = asyncio.run(local_model.measure(tiny))
         bake: list[dict] = asyncio.run(bakeoff.measure(tiny))
@@ -292,6 +317,7 @@ def report(tiny: bool) -> str:
     lines += _refusal_section(refusal, flag)
     if local is not None:
         lines += _bakeoff_section(bake, flag)
+    lines += _sweep_section(sweeps, flag)
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

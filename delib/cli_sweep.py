@@ -214,14 +214,21 @@ def sweep_report(
         reports.Format, typer.Option("--format", help="html (charts), csv or json.")
     ] = reports.Format.html,
     archive: ArchiveOpt = None,
+    per_turn: Annotated[
+        bool, typer.Option("--per-turn", help="csv/json: one row per participant statement.")
+    ] = False,
 ) -> None:
     """A report on a sweep: the matrix, stance over rounds, refusals, deadlocks, tokens,
     latency; HTML with charts (one offline file, transcripts beside it), or CSV/JSON."""
     folder = require_archive(archive_dir(archive))
     sweep = find(folder, sweep_ref)
-    rows = reports.rows(folder, sweep)
+    if per_turn and fmt is reports.Format.html:
+        raise InputError("--per-turn is for --format csv or json")
+    rows = reports.turn_table(folder, sweep) if per_turn else reports.rows(folder, sweep)
     if fmt is not reports.Format.html:
-        text = reports.as_csv(rows) if fmt is reports.Format.csv else reports.as_json(rows)
+        columns = list(rows[0]) if per_turn and rows else None
+        text = reports.as_csv(rows, columns) if fmt is reports.Format.csv else (
+            reports.as_json(rows))  # fmt: skip
         if output is None or str(output) == "-":
             sys.stdout.write(text)
         else:

@@ -1,6 +1,7 @@
 """Measures of a run that need no model call, computed from its records and manifest.
 
-Per turn (participants' statements): words, latency, tokens, refusal label, novelty, stance.
+Per turn (participants' statements, ``turn_rows``): words, latency, tokens, refusal label and
+score, novelty, whether it opens by agreeing, stance.
 Per run:
 
 - ``refusal_rate``: share of participant statements the classifier labels ``refusal``
@@ -122,6 +123,35 @@ def cost(records: list[dict], manifest: dict, prices: dict[str, dict[str, float]
         total += tokens["prompt"] * price.get("prompt", 0.0) / 1e6
         total += tokens["completion"] * price.get("completion", 0.0) / 1e6
     return round(total, 6)
+
+
+def turn_rows(records: list[dict]) -> list[dict[str, Any]]:
+    """One row per participant statement: the per-turn measures."""
+    fresh = novelty(records)
+    rows = []
+    for turn, new in zip(statements(records), fresh, strict=True):
+        stance = turn.get("stance") or {}
+        tokens = turn.get("tokens") or {}
+        rows.append(
+            {
+                "index": turn["index"],
+                "round": turn["round"],
+                "speaker": turn["speaker"],
+                "model": turn.get("model"),
+                "words": len(turn["text"].split()),
+                "latency_s": turn.get("latency"),
+                "prompt_tokens": tokens.get("prompt"),
+                "completion_tokens": tokens.get("completion"),
+                "refusal": turn["refusal"]["label"],
+                "refusal_score": turn["refusal"]["score"],
+                "novelty": round(new, 3),
+                "agrees": bool(_AGREES.match(turn["text"].strip())),
+                "stance": stance.get("agreement"),
+                "confidence": stance.get("confidence"),
+                "stance_status": stance.get("status"),
+            }
+        )
+    return rows
 
 
 def run_metrics(

@@ -17,7 +17,7 @@ from typing import Any
 from delib.archive import read_manifest, read_records
 from delib.errors import DelibError, InputError
 from delib.export import export
-from delib.metrics import run_metrics
+from delib.metrics import run_metrics, turn_rows
 from delib.records import now
 from delib.sweep import Sweep, runs_of, status
 
@@ -67,6 +67,21 @@ def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
     return out
 
 
+def turn_table(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per participant statement of each cell's latest run, with the cell's labels."""
+    out = []
+    for row in rows(archive, sweep):
+        if not row.get("folder"):
+            continue
+        try:
+            records = read_records(Path(row["folder"]))
+        except DelibError:
+            continue
+        labels = {k: row[k] for k in ("cell", "scenario", "model", "seed", "protocol", "run_id")}
+        out += [{**labels, **turn} for turn in turn_rows(records)]
+    return out
+
+
 def _outcome(row: dict) -> tuple:
     rate = row.get("refusal_rate")
     last = row.get("stance_by_round") or {}
@@ -89,10 +104,10 @@ def _mark_differences(table: list[dict]) -> None:
         row["differs"] = len(groups[(row["scenario"], row["seed"], row["protocol"])]) > 1
 
 
-def as_csv(table: list[dict]) -> str:
+def as_csv(table: list[dict], columns: list[str] | None = None) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, "differs", "error"],
-                            extrasaction="ignore")  # fmt: skip
+    fields = columns or [*COLUMNS, "differs", "error"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(table)
     return buffer.getvalue()

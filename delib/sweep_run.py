@@ -169,11 +169,11 @@ async def run_sweep(
         progress = Progress(total=len(todo), skipped=len(steps) - len(todo))
         report = on_progress or (lambda p: None)
         report(progress)
-        gate = asyncio.Semaphore(concurrency or sweep.spec.concurrency)
         limits = Limits()
+        queue = iter(todo)  # workers take the next cell as they free up: no task per cell
 
-        async def work(step: Step) -> None:
-            async with gate:
+        async def worker() -> None:
+            for step in queue:
                 progress.running += 1
                 report(progress)
                 try:
@@ -190,7 +190,8 @@ async def run_sweep(
                 progress.finished.append((step, run_id or "", error))
                 report(progress)
 
-        await asyncio.gather(*(work(s) for s in todo))
+        workers = min(concurrency or sweep.spec.concurrency, len(todo))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         return steps, progress
     finally:
         lock.release()

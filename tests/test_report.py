@@ -138,6 +138,15 @@ def test_csv_and_json_reports_have_a_row_per_cell(cli):
     assert float(by_model["engager"]["refusal_rate"]) == 0.0
     assert float(by_model["engager"]["cost_usd"]) > 0
     assert by_model["refuser"]["differs"] == "True"  # the same cell ended otherwise elsewhere
+    code, out, err = cli("sweep", "report", "s", "--archive", "arch", "--format", "csv",
+                         "--per-turn")  # fmt: skip
+    assert code == 0, err
+    turns = pd.read_csv(io.StringIO(out))
+    assert (
+        set(turns["model"]) == {"test-model"} and len(turns) == 2 * 2 * 3
+    )  # 2 runs × 2 rounds × 3
+    assert set(turns["refusal"]) == {"refusal", "engaged"}
+    assert turns["novelty"].between(0, 1).all()
     code, out, _ = cli("sweep", "report", "s", "--archive", "arch", "--format", "json")
     data = json.loads(out)
     engager = next(r for r in data if r["model"] == "engager")
