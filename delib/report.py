@@ -175,7 +175,8 @@ def _mean(values: list[float]) -> float:
 
 
 def charts(table: list[dict]) -> list[tuple[str, str, int]]:
-    """(title, svg or an explanation, data points) for each chart."""
+    """(title, svg or an explanation, data points) for each chart; stance over rounds for each
+    scenario that states a motion."""
     out = []
     for scenario in sorted({r["scenario"] for r in table}):
         lines: dict[str, dict[int, list[int]]] = {}
@@ -189,8 +190,8 @@ def charts(table: list[dict]) -> list[tuple[str, str, int]]:
         if not lines:
             asked = any(r.get("stance_known_share") is not None for r in table
                         if r["scenario"] == scenario)  # fmt: skip
-            why = "no stance was readable" if asked else "this scenario states no motion"
-            out.append((title, why, 0))
+            if asked:  # a scenario without a motion has no stances to chart, and no chart
+                out.append((title, "no stance was readable", 0))
             continue
         fig = _figure()
         ax = fig.subplots()

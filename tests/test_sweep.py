@@ -3,6 +3,7 @@ mid-sweep, endpoint limits across the whole sweep; against loopback servers over
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -13,6 +14,8 @@ import pytest
 from delib.sweep import SweepSpec, expand, load, participant_order, runs_of
 from delib.testing import FakeOpenAIServer
 from tests.conftest import delib_process
+from tests.test_html_browser import browser  # noqa: F401 (the fixture)
+from tests.test_report import check_report_page
 
 
 def write(path: Path, text: str) -> Path:
@@ -219,8 +222,9 @@ def _finish_and_check(path: Path, archive: Path, cells: int) -> None:
         assert sorted(indices) == list(range(len(indices)))  # contiguous, no duplicates
 
 
-def test_sigkill_midway_then_rerun_gives_exactly_sixteen_runs(tmp_path):
-    """2 scenarios × 2 models (two servers) × 2 seeds × 2 protocols, killed with SIGKILL."""
+def test_sigkill_midway_then_rerun_gives_exactly_sixteen_runs(tmp_path, browser, cli):  # noqa: F811
+    """2 scenarios × 2 models (two servers) × 2 seeds × 2 protocols, killed with SIGKILL; then
+    its report in Chromium and its CSV in pandas."""
     with FakeOpenAIServer(delay=0.1) as one, FakeOpenAIServer(delay=0.1) as two:
         path = write(tmp_path / "s.yaml", (
             "scenarios: [alignment-difficulty, corrigibility]\nmodels:\n"
@@ -231,6 +235,16 @@ def test_sigkill_midway_then_rerun_gives_exactly_sixteen_runs(tmp_path):
         archive = tmp_path / "arch"
         _stop_midway(path, archive, signal.SIGKILL, after_turns=12)
         _finish_and_check(path, archive, 16)
+    import pandas as pd
+
+    code, out, err = cli("sweep", "report", "s", "--archive", str(archive), "--format", "csv")
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert len(frame) == 16 and frame["run_id"].is_unique and set(frame["state"]) == {"done"}
+    page = tmp_path / "report.html"
+    code, out, err = cli("sweep", "report", "s", "--archive", str(archive), "-o", str(page))
+    assert code == 0, err
+    check_report_page(browser, page, cells=16)
 
 
 def test_ctrl_c_midway_then_rerun_finishes_each_cell_once(tmp_path):
