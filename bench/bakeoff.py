@@ -7,10 +7,14 @@ settings a new user gets, streaming off so the server reports its own token coun
 end to end after the server is up. Per model:
 
 - seconds per turn (mean over the debate's turns) and for the whole debate;
-- **echo**: share of turns that repeat the prompt's own scaffolding instead of speaking: a
-  speaker label in brackets ("[The Philosopher]"), or any run of six words found in what delib
-  wrote into the prompt (the rules, the scenario's brief, every persona's text, the
-  instructions for the opening, a turn, an interjection and the verdict);
+- **echo**: share of turns that repeat delib's instructions instead of speaking: a speaker
+  label as a layout writes one ("[The Philosopher]", "The Philosopher said:"), or any run of
+  six words found in the instructions delib writes into the prompt (the rules, every
+  persona's text, the instructions and their short cues for the opening, a turn, an
+  interjection and the verdict);
+- **restates the question**: share of turns with a run of six words from the scenario's
+  title, question, background or motion (a moderator opening the debate is asked to do this;
+  until 2026-11-25 this was counted as echo too);
 - **on topic**: share of turns that use at least three distinct content words (four letters or
   more, not stop words) of the scenario's question and background; a crude lexical measure,
   blind to paraphrase, but it tells a turn about the question from one about anything else;
@@ -44,6 +48,7 @@ _STOP = frozenset(
     "your yours ours over under again because these those were where who whom whose".split()
 )
 ON_TOPIC_WORDS = 3
+LAYOUT: dict[str, str | None] = {"chosen": None}  # --layout; None: the endpoint's own
 
 
 def topic_words(scenario_id: str) -> set[str]:
@@ -59,21 +64,41 @@ def _runs(text: str) -> set[tuple[str, ...]]:
 
 def scaffolding(ctx) -> set[tuple[str, ...]]:
     """Every six-word run of the text delib itself puts into this debate's prompts."""
-    texts = [prompts.RULES, prompts.opening_instruction(ctx.moderator, ctx.scenario)]
-    texts += [prompts.verdict_instruction(ctx.scenario, ctx.cast)]
-    texts += [prompts.interjection_instruction(ctx.moderator, 2)]
-    texts += [f"{ctx.scenario.title} {ctx.scenario.question} {ctx.scenario.background}"]
+    motion = ctx.scenario.motion
+    instructions = [
+        prompts.opening_instruction(ctx.moderator, ctx.scenario),
+        prompts.verdict_instruction(ctx.scenario, ctx.cast),
+        prompts.interjection_instruction(ctx.moderator, 2),
+    ]
     for persona in ctx.cast.values():
-        texts += [persona.prompt, persona.role, prompts.turn_instruction(persona, 1, 1)]
-        texts += [prompts.turn_instruction(persona, 1, 2)]
+        instructions += [prompts.turn_instruction(persona, 1, 1, motion)]
+        instructions += [prompts.turn_instruction(persona, 1, 2, motion)]
+    texts = [prompts.RULES, *instructions]
+    texts += [getattr(i, "cue", None) or "" for i in instructions]
+    for persona in ctx.cast.values():
+        texts += [persona.prompt, persona.role, f"You are {persona.name}, {persona.role}."]
     found: set[tuple[str, ...]] = set()
     for text in texts:
         found |= _runs(text)
     return found
 
 
-def echoes(text: str, scaffold: set[tuple[str, ...]]) -> bool:
-    return bool(LABEL.search(text)) or not _runs(text).isdisjoint(scaffold)
+def question_runs(ctx) -> set[tuple[str, ...]]:
+    """Every six-word run of the scenario's own text."""
+    s = ctx.scenario
+    return _runs(f"{s.title} {s.question} {s.background} {s.motion or ''}")
+
+
+def labels(ctx) -> re.Pattern:
+    """A speaker's label in any layout's form: "[The Philosopher]" or "The Philosopher said:"."""
+    names = "|".join(re.escape(p.name) for p in ctx.cast.values())
+    return re.compile(rf"\[(?:{names})\]|\b(?:{names}) said:", re.I)
+
+
+def echoes(text: str, scaffold: set[tuple[str, ...]], label: re.Pattern | None = None) -> bool:
+    if LABEL.search(text) or (label is not None and label.search(text)):
+        return True
+    return not _runs(text).isdisjoint(scaffold)
 
 
 async def one_debate(model: str, scenario: str) -> dict:
@@ -85,6 +110,7 @@ async def one_debate(model: str, scenario: str) -> dict:
         archive=temp_archive(),
         local_model=model,
         loops=LoopMode.warn,  # record loops, never change the debate
+        prompt_layout=LAYOUT["chosen"],
     )
     run = Run(request)
     started = None
@@ -109,7 +135,11 @@ async def one_debate(model: str, scenario: str) -> dict:
         "turns": len(turns),
         "debate_s": round(took, 1),
         "s_per_turn": round(sum(t["latency"] for t in result.turns) / len(result.turns), 1),
-        "echo": sum(echoes(t["text"], scaffold) for t in turns) / len(turns),
+        "echo": sum(echoes(t["text"], scaffold, labels(context)) for t in turns) / len(turns),
+        "restates_question": sum(
+            not _runs(t["text"]).isdisjoint(question_runs(context)) for t in turns
+        )
+        / len(turns),
         "on_topic": sum(
             len(words & set(_WORD.findall(t["text"].lower()))) >= ON_TOPIC_WORDS for t in turns
         )
@@ -126,9 +156,13 @@ async def one_debate(model: str, scenario: str) -> dict:
     }
 
 
-async def measure(tiny: bool = False, scenarios: tuple[str, ...] = SCENARIOS) -> list[dict]:
+async def measure(
+    tiny: bool = False,
+    scenarios: tuple[str, ...] = SCENARIOS,
+    models: tuple[str, ...] = tuple(LOCAL_MODELS),
+) -> list[dict]:
     rows = []
-    for model in LOCAL_MODELS:
+    for model in models:
         if not installed(model):
             rows.append({"model": model, "error": "not installed"})
             continue
@@ -155,6 +189,7 @@ def summary(rows: list[dict]) -> list[dict]:
                 "s_per_turn": round(sum(r["s_per_turn"] for r in mine) / n, 1),
                 "debate_s": round(sum(r["debate_s"] for r in mine) / n, 1),
                 "echo": f"{sum(r['echo'] for r in mine) / n:.0%}",
+                "restates_question": f"{sum(r['restates_question'] for r in mine) / n:.0%}",
                 "on_topic": f"{sum(r['on_topic'] for r in mine) / n:.0%}",
                 "verdict": ", ".join(r["verdict"] for r in mine),
             }
@@ -166,9 +201,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="one scenario")
     parser.add_argument("--scenario", action="append", help="scenario id (repeatable)")
+    parser.add_argument("--model", action="append", help="only this shipped model (repeatable)")
+    parser.add_argument("--layout", help="prompt layout (default: the embedded endpoint's)")
     args = parser.parse_args()
     scenarios = tuple(args.scenario) if args.scenario else SCENARIOS
-    rows = asyncio.run(measure(args.tiny, scenarios))
+    models = tuple(args.model) if args.model else tuple(LOCAL_MODELS)
+    LAYOUT["chosen"] = args.layout
+    rows = asyncio.run(measure(args.tiny, scenarios, models))
     print(json.dumps({"debates": rows, "summary": summary(rows)}, indent=2))
 
 

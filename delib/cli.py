@@ -96,6 +96,7 @@ app.command("compare")(compare_cmd)
 class PromptLayout(StrEnum):
     persona_first = "persona_first"
     shared_first = "shared_first"
+    compact = "compact"
 
 
 class SystemMessage(StrEnum):

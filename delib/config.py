@@ -146,11 +146,12 @@ class EndpointConfig(BaseModel):
         ge=256,
         description="The server's context size: prompts are trimmed to fit it with the reply",
     )
-    prompt_layout: Literal["auto", "persona_first", "shared_first"] = Field(
+    prompt_layout: Literal["auto", "persona_first", "shared_first", "compact"] = Field(
         default="auto",
         description="shared_first: what all speakers share first, the persona last (reuses a "
-        "local server's prompt cache); persona_first: the persona as system message; auto: "
-        "shared_first for servers on this machine, persona_first for others",
+        "local server's prompt cache); persona_first: the persona as system message; compact: "
+        "a short persona, the question, the latest turns and a short cue (the embedded "
+        "model's); auto: shared_first for servers on this machine, persona_first for others",
     )
 
 

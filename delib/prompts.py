@@ -40,6 +40,20 @@ FIT_CHARS_PER_TOKEN = CHARS_PER_TOKEN  # the one estimate (delib.records)
 # Characters a message's label and separators add, per transcript turn.
 TURN_OVERHEAD_CHARS = 40
 
+
+class Instruction(str):
+    """An instruction, with a ``cue``: the few words a small model is given instead in the
+    ``compact`` layout (None: the same text)."""
+
+    cue: str | None = None
+
+
+def _instruction(text: str, cue: str | None) -> Instruction:
+    made = Instruction(text)
+    made.cue = cue
+    return made
+
+
 RULES = """\
 You are taking part in a structured deliberation between several panelists, run by a
 moderator. Stay in character. Argue from your own positions, respond to what others actually
@@ -86,7 +100,11 @@ def fit(turns: list[dict], budget_chars: int) -> list[dict]:
 
 PERSONA_FIRST = "persona_first"
 SHARED_FIRST = "shared_first"
-LAYOUTS = (PERSONA_FIRST, SHARED_FIRST)
+COMPACT = "compact"
+LAYOUTS = (PERSONA_FIRST, SHARED_FIRST, COMPACT)
+# The compact layout: the latest turns it shows, and the characters of each.
+COMPACT_TURNS = 6
+COMPACT_TURN_CHARS = 600
 # Turns move into the rolling summary this many at a time, so that the start of the prompt
 # stays the same for several turns in a row and a prefix cache keeps working.
 FOLD_STEP = 4
@@ -162,6 +180,8 @@ def build(
     """
     if layout == SHARED_FIRST:
         return _build_shared(speaker, scenario, cast, turns, instruction, max_prompt_tokens)
+    if layout == COMPACT and getattr(instruction, "cue", None):
+        return _build_compact(speaker, scenario, cast, turns, instruction.cue)
     system = f"{speaker.prompt.strip()}\n\n{RULES}\nYou are {speaker.name}."
     brief = _brief(scenario, cast)
     summary, omitted = "", 0
@@ -185,6 +205,28 @@ def build(
     else:
         messages.append({"role": "user", "content": instruction})
     return Prompt(system=system, messages=messages, omitted=omitted, summary_chars=len(summary))
+
+
+def _sentences(text: str, n: int) -> str:
+    return " ".join(re.split(r"(?<=[.!?])\s+", " ".join(text.split()))[:n])
+
+
+def _build_compact(
+    speaker: Persona, scenario: Scenario, cast: dict[str, Persona], turns: list[dict], cue: str
+) -> Prompt:
+    """For models of a few hundred million parameters, which continue whatever scaffolding they
+    are shown: who they are in two sentences, the question, the latest turns as a list without
+    speaker labels (which they copy), and a cue of a few words (bench.bakeoff measures the
+    echo)."""
+    system = f"You are {speaker.name}, {speaker.role}. {_sentences(speaker.prompt, 2)}"
+    parts = [f"Question: {scenario.question.strip()}"]
+    shown = turns[-COMPACT_TURNS:]
+    if shown:
+        said = [_gist(" ".join(t["text"].split()), COMPACT_TURN_CHARS) for t in shown]
+        parts.append("So far:\n" + "\n".join(f"- {text}" for text in said))
+    parts.append(cue)
+    messages = [{"role": "user", "content": "\n\n".join(parts)}]
+    return Prompt(system=system, messages=messages, omitted=len(turns) - len(shown))
 
 
 def _build_shared(
@@ -218,31 +260,40 @@ def _build_shared(
     return Prompt(system=RULES, messages=messages, omitted=omitted, summary_chars=len(summary))
 
 
-def opening_instruction(moderator: Persona, scenario: Scenario) -> str:
-    return (
+def opening_instruction(moderator: Persona, scenario: Scenario) -> Instruction:
+    return _instruction(
         f"{TURN_MARKER}, {moderator.name}. Open the deliberation: introduce the question and "
         "the panelists in a few sentences and invite the first speaker. Do not answer the "
-        "question yourself."
+        "question yourself.",
+        "Welcome the panel and put the question to them, in two sentences.",
     )
 
 
 def turn_instruction(
     speaker: Persona, round_no: int, rounds: int, motion: str | None = None
-) -> str:
+) -> Instruction:
     stage = (
         "final round: state your position and what would change your mind"
         if (round_no == rounds)
         else f"round {round_no} of {rounds}"
     )
     text = f"{TURN_MARKER}, {speaker.name} ({stage}). Give your contribution now."
-    return f"{text} {stance.instruction(motion)}" if motion else text
+    cue = (
+        "Your final view, in two or three sentences?"
+        if round_no == rounds
+        else "What do you think? Answer in two or three sentences."
+    )
+    # The compact cue does not ask for a stance: SmolLM2 wrote no readable stance line in any of
+    # its turns measured, and echoed the motion instead; its turns record the stance missing.
+    return _instruction(f"{text} {stance.instruction(motion)}" if motion else text, cue)
 
 
-def interjection_instruction(moderator: Persona, round_no: int) -> str:
-    return (
+def interjection_instruction(moderator: Persona, round_no: int) -> Instruction:
+    return _instruction(
         f"{TURN_MARKER}, {moderator.name}. Round {round_no - 1} is over. In two or three "
         "sentences, name the sharpest unresolved disagreement so far and put a pointed "
-        f"question to a specific panelist for round {round_no}."
+        f"question to a specific panelist for round {round_no}.",
+        "Where do they disagree most? Say it in two sentences, then ask one of them a question.",
     )
 
 
