@@ -160,8 +160,9 @@ def sweep_status(
         print(json.dumps(rows))
         return
     table = Table(title=f"sweep {sweep.name}", box=None, title_justify="left")
-    for column in ("cell", "scenario", "model", "seed", "protocol", "state", "tries", "run"):
-        table.add_column(column, overflow="fold")
+    for column in ("cell", "scenario", "model", "seed", "protocol", "state", "tries"):
+        table.add_column(column, no_wrap=column in ("cell", "seed", "state", "tries"))
+    table.add_column("run", overflow="fold")
     for s in states:
         style = STATE_STYLE[s.state]
         latest = s.latest or {}

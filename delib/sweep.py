@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from delib.archive import FINISHED, is_locked, read_manifest, run_folders
-from delib.config import Overrides, redact_url
+from delib.config import EMBEDDED_ENDPOINT, Overrides, redact_url
 from delib.errors import DelibError, InputError
 from delib.library import load_file
 from delib.loops import LoopMode
@@ -62,6 +62,12 @@ class ModelSpec(BaseModel):
     def _one_server(self) -> ModelSpec:
         if (self.base_url is None) == (self.endpoint is None):
             raise ValueError("give exactly one of base_url and endpoint")
+        if self.endpoint == EMBEDDED_ENDPOINT:
+            # Each run would start its own llama.cpp server: several at once on a laptop.
+            raise ValueError(
+                "a sweep cannot start the embedded model for every cell; run "
+                "'delib local serve' once and give its base_url"
+            )
         return self
 
     @property
@@ -90,6 +96,7 @@ class SweepSpec(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     token_budget: int | None = Field(default=None, ge=1)
     loops: LoopMode | None = None
+    prompt_layout: Literal["persona_first", "shared_first", "compact"] | None = None
     stream: bool = False
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     concurrency: int = Field(default=4, ge=1, le=1024, description="debates at once")
@@ -135,7 +142,15 @@ def cell_key(settings: dict) -> str:
 def expand(name: str, spec: SweepSpec, source: str = "(given in code)") -> Sweep:
     """The matrix, in file order: scenario, then model, then protocol, then seed."""
     shared = spec.model_dump(
-        include={"rounds", "order", "temperature", "max_tokens", "token_budget", "loops"},
+        include={
+            "rounds",
+            "order",
+            "temperature",
+            "max_tokens",
+            "token_budget",
+            "loops",
+            "prompt_layout",
+        },  # fmt: skip
         mode="json",
         exclude_none=True,
     )
@@ -196,6 +211,7 @@ def request_for(
         stream=spec.stream,
         archive=archive,
         loops=spec.loops,
+        prompt_layout=spec.prompt_layout,
         participant_order=order,
         sweep={"name": sweep.name, "cell": cell.key, "attempt": attempt, **cell.labels()},
     )

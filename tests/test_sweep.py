@@ -78,6 +78,7 @@ def test_shuffled_order_is_a_fixed_permutation_per_seed():
         ("scenarios: [x]\nmodels:\n  - {model: m}\n", "exactly one of base_url and endpoint"),
         ("scenarios: [x]\nmodels:\n  - {endpoint: e}\nseeds: [1]\nsneed: 2\n", "sneed"),
         ("scenarios: [x\n", "YAML syntax error"),
+        ("scenarios: [x]\nmodels:\n  - {endpoint: embedded}\n", "delib local serve"),
     ],
 )
 def test_a_bad_sweep_file_is_one_line_naming_file_and_field(cli, text, expected):
