@@ -31,6 +31,7 @@ from delib.failures import (
     BadReply,
     Stalled,
     describe_error,
+    is_invalid_request,
     is_model_error,
     is_retryable,
     is_stream_options_error,
@@ -325,8 +326,9 @@ class EndpointClient:
 
 
 def is_format_error(exc: BaseException | None) -> bool:
-    """A 400/422 about the response format: the server does not take that dialect."""
-    if exc is None or status_of(exc) not in (400, 422):
+    """A 400/422 (or a request-validation 500) about the response format: the server does not
+    take that dialect."""
+    if exc is None or (status_of(exc) not in (400, 422) and not is_invalid_request(exc)):
         return False
     text = message_of(exc).lower()
     return any(marker in text for marker in REJECTION_MARKERS)

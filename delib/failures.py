@@ -45,7 +45,18 @@ def status_of(exc: BaseException) -> int | None:
     return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
 
+# Characters of a server's error message kept in an error line.
+MESSAGE_CHARS = 300
+
+
 def message_of(exc: BaseException) -> str:
+    """The server's error message on one line (servers send tracebacks too), shortened."""
+    text = _message(exc)
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+
+
+def _message(exc: BaseException) -> str:
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
         if isinstance(body, dict):
@@ -58,13 +69,24 @@ def message_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def is_invalid_request(exc: BaseException) -> bool:
+    """A 500 that is the server rejecting the request's fields (llama-cpp-python's server
+    reports its request validation errors as 500): the same request will fail again."""
+    if status_of(exc) != 500:
+        return False
+    text = message_of(exc).lower()
+    return "validation error" in text and ("input should be" in text or "literal_error" in text)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Connection problems, timeouts, unusable 200 answers, 408/409/429 and 5xx; never other
     4xx."""
     if isinstance(exc, openai.APIConnectionError | BadReply | Stalled):  # incl. APITimeoutError
         return True
     status = status_of(exc)
-    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
+    if status is None or is_invalid_request(exc):
+        return False
+    return status in RETRYABLE_STATUS or status >= 500
 
 
 def is_template_error(exc: BaseException) -> bool:

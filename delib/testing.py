@@ -72,6 +72,7 @@ class FakeOpenAIServer:
     models_body: bytes | None = None  # sent as is for GET /v1/models (a hostile listing)
     structured: str | None = None  # None ignores response_format; "none" rejects it; a dialect
     structured_invalid: bool = False  # accept response_format, then ignore it
+    structured_status: int = 400  # status of a rejected dialect (llama-cpp-python's server: 500)
     host: str = "127.0.0.1"
     port: int = 0
     history: list[dict] = field(default_factory=list)
@@ -212,6 +213,12 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
         return _error(400, "Unrecognized request argument supplied: stream_options")
     wanted = body.get("response_format")
     if wanted and fake.structured and wanted.get("type") not in ("text", fake.structured):
+        if fake.structured_status == 500:  # as llama-cpp-python's server words it, traceback too
+            return _error(500, "1 validation error:\n  {'type': 'literal_error', 'loc': "
+                          "('body', 'response_format', 'type'), 'msg': \"Input should be 'text' "
+                          f"or '{fake.structured}'\", 'input': {wanted.get('type')!r}}}\n\n"
+                          '  File "llama_cpp/server/app.py", line 376, in '
+                          "create_chat_completion\n    POST /v1/chat/completions")  # fmt: skip
         return _error(400, f"response_format type {wanted.get('type')!r} is not supported")
     fault, reply = fake._next()
     if fault is not None:

@@ -76,6 +76,21 @@ def test_the_embedded_dialect_json_object_with_a_schema(tmp_path):
     assert result.verdict["valid"]
 
 
+def test_llama_cpp_python_rejecting_json_schema_with_a_500_steps_down_at_once(tmp_path):
+    """llama-cpp-python's own server (``delib local serve``, ``--base-url`` to it) answers an
+    unknown response_format with a 500 holding a validation error and a traceback: that is a
+    rejection to step down from, not a failure to retry four times."""
+    server = FakeOpenAIServer(structured="json_object", structured_status=500)
+    result = debate(tmp_path, server)
+    result.raise_for_error()
+    sent = [h["body"].get("response_format", {}).get("type") for h in server.chat_requests()]
+    assert sent.count("json_schema") == 1  # asked once, not retried
+    (adaptation,) = result.manifest["adaptations"]
+    assert adaptation["what"] == "structured output json_schema rejected; now json_object"
+    assert "\n" not in adaptation["reason"] and "literal_error" in adaptation["reason"]
+    assert result.verdict["valid"]
+
+
 def test_a_server_without_structured_output_falls_back_to_validate_and_retry(tmp_path):
     server = FakeOpenAIServer(structured="none")
     result = debate(tmp_path, server)

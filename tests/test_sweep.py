@@ -264,3 +264,9 @@ def test_a_sweep_file_is_found_again_by_name(cli, server):
     assert code == 0 and "my-sweep" in out
     code, out, err = cli("sweep", "status", "nope", "--archive", "arch")
     assert code == 1 and "no sweep 'nope'" in err and "my-sweep" in err
+
+
+def test_the_shipped_example_sweep_is_valid():
+    sweep = load(Path(__file__).resolve().parents[1] / "examples" / "sweep-local.yaml")
+    assert sweep.name == "local-first" and len(sweep.cells) == 4
+    assert sweep.spec.prompt_layout == "compact"
