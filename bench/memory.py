@@ -10,22 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 
-from bench.common import ROOT, fake_server, temp_archive
+from bench.common import ROOT, fake_server, peak_rss_mib, temp_archive
 from delib.config import Overrides
 from delib.runner import RunRequest, run_debate
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 async def _debates(n: int, base_url: str, rounds: int) -> dict:
     archive = temp_archive()
-    baseline = _rss_mib()  # after imports, before any debate
+    baseline = peak_rss_mib()  # after imports, before any debate
     requests = [
         RunRequest(
             scenario="alignment-difficulty",
@@ -42,7 +37,7 @@ async def _debates(n: int, base_url: str, rounds: int) -> dict:
         "debates": n,
         "turns_each": results[0].turns,
         "baseline_mib": round(baseline, 1),
-        "peak_rss_mib": round(_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 

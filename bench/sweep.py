@@ -11,20 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import time
 
-from bench.common import ROOT, fake_server, temp_archive
+from bench.common import ROOT, fake_server, peak_rss_mib, temp_archive
 from delib.sweep import SweepSpec, expand
 from delib.sweep_run import run_sweep
 
 SCENARIOS = ["alignment-difficulty", "corrigibility"]
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 async def _one(cells: int, concurrency: int, base_url: str) -> dict:
@@ -40,7 +35,7 @@ async def _one(cells: int, concurrency: int, base_url: str) -> dict:
         }
     )
     sweep = expand("bench", spec)
-    baseline = _rss_mib()
+    baseline = peak_rss_mib()
     started = time.perf_counter()
     steps, progress = await run_sweep(sweep, temp_archive())
     wall = time.perf_counter() - started
@@ -51,7 +46,7 @@ async def _one(cells: int, concurrency: int, base_url: str) -> dict:
         "wall_s": round(wall, 1),
         "cells_per_s": round(len(sweep.cells) / wall, 2),
         "baseline_mib": round(baseline, 1),
-        "peak_rss_mib": round(_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 

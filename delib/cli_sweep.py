@@ -18,7 +18,7 @@ from delib import compare, sweep_run
 from delib import report as reports
 from delib.archive import archive_dir, find_run, read_manifest, read_records, require_archive
 from delib.errors import InputError
-from delib.sweep import find, load, runs_of, status, sweep_names
+from delib.sweep import Sweep, find, load, names_a_file, status, sweep_names
 from delib.terminal import inert, safe
 
 sweep_app = typer.Typer(
@@ -194,7 +194,7 @@ def sweep_list(archive: ArchiveOpt = None) -> None:
         states = status(folder, find(folder, name))
         done = sum(s.state == "done" for s in states)
         failed = sum(s.state == "failed" for s in states)
-        runs = sum(len(v) for v in runs_of(folder, name).values())
+        runs = sum(len(s.runs) for s in states)
         other = len(states) - done - failed
         table.add_row(safe(name), str(len(states)), str(done), str(failed), str(other), str(runs))
     out.print(table)
@@ -362,11 +362,8 @@ def _short(value: object) -> str:
     return str(value)
 
 
-def _as_sweep(archive: Path, ref: str):
-    """The sweep ``ref`` names (a file, or a sweep run in this archive), else None."""
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load(path)
-    if ref in sweep_names(archive):
+def _as_sweep(archive: Path, ref: str) -> Sweep | None:
+    """The sweep ``ref`` names (a file, or a sweep run in this archive), else None (a run)."""
+    if names_a_file(ref) or ref in sweep_names(archive):
         return find(archive, ref)
     return None

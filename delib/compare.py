@@ -12,7 +12,7 @@ from typing import Any
 
 from delib.export import diff
 from delib.metrics import run_metrics
-from delib.report import CSP, _outcome
+from delib.report import CSP, outcome
 
 METRICS = (
     "stop_reason", "turns", "refusal_rate", "loop_events", "interventions", "novelty",
@@ -57,7 +57,7 @@ def sweeps(a: list[dict], b: list[dict]) -> list[dict]:
             row[f"{measure}_a"] = ra.get(measure) if ra else None
             row[f"{measure}_b"] = rb.get(measure) if rb else None
         row["only_in"] = None if ra and rb else ("a" if ra else "b")
-        row["differs"] = bool(ra and rb and _outcome(ra) != _outcome(rb)) or bool(row["only_in"])
+        row["differs"] = bool(ra and rb and outcome(ra) != outcome(rb)) or bool(row["only_in"])
         out.append(row)
     return out
 

@@ -10,6 +10,7 @@ import html
 import io
 import json
 import statistics
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from delib.errors import DelibError, InputError
 from delib.export import export
 from delib.metrics import run_metrics, turn_rows
 from delib.records import now
-from delib.sweep import Sweep, runs_of, status
+from delib.sweep import CellStatus, Sweep, status
 
 
 class Format(StrEnum):
@@ -36,22 +37,30 @@ COLUMNS = (
 )  # fmt: skip
 
 
+def _latest_runs(archive: Path, sweep: Sweep) -> Iterator[tuple[CellStatus, list[dict]]]:
+    """Each cell's status with its latest run's records (none for a cell with no run)."""
+    for st in status(archive, sweep):
+        records: list[dict] = []
+        if st.latest_folder is not None:
+            try:
+                records = read_records(st.latest_folder)
+            except DelibError:
+                pass
+        yield st, records
+
+
+def _labels(st: CellStatus) -> dict[str, Any]:
+    return {"cell": st.cell_key, **st.labels}
+
+
 def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
     """Each cell with its latest run's metrics (empty metrics for a cell with no run)."""
-    folders = {m.get("run_id"): f for runs in runs_of(archive, sweep.name).values()
-               for f, m in runs}  # fmt: skip
     out = []
-    for st in status(archive, sweep):
-        row: dict[str, Any] = {"cell": st.cell_key, **st.labels, "state": st.state,
-                               "attempts": st.attempts, "error": st.error}  # fmt: skip
-        latest = st.latest
-        if latest is not None and latest.get("run_id") in folders:
-            folder = folders[latest["run_id"]]
-            try:
-                records = read_records(folder)
-            except DelibError:
-                records = []
-            m = run_metrics(latest, records, sweep.spec.prices)
+    for st, records in _latest_runs(archive, sweep):
+        row: dict[str, Any] = {**_labels(st), "state": st.state, "attempts": st.attempts,
+                               "error": st.error}  # fmt: skip
+        if st.latest is not None:
+            m = run_metrics(st.latest, records, sweep.spec.prices)
             stance = m.pop("stance")
             row.update(m)
             row.update(
@@ -60,7 +69,7 @@ def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
                 stance_converged=stance["converged"],
                 moved=" ".join(stance["moved"]),
                 stance_by_round=stance["by_round"],
-                folder=str(folder),
+                folder=str(st.latest_folder),
             )
         out.append(row)
     _mark_differences(out)
@@ -70,19 +79,16 @@ def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
 def turn_table(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
     """One row per participant statement of each cell's latest run, with the cell's labels."""
     out = []
-    for row in rows(archive, sweep):
-        if not row.get("folder"):
+    for st, records in _latest_runs(archive, sweep):
+        if st.latest is None:
             continue
-        try:
-            records = read_records(Path(row["folder"]))
-        except DelibError:
-            continue
-        labels = {k: row[k] for k in ("cell", "scenario", "model", "seed", "protocol", "run_id")}
+        labels = {**_labels(st), "run_id": st.latest.get("run_id")}
         out += [{**labels, **turn} for turn in turn_rows(records)]
     return out
 
 
-def _outcome(row: dict) -> tuple:
+def outcome(row: dict) -> tuple:
+    """What 'ended differently' compares: stop reason, any refusal, final mean stance."""
     rate = row.get("refusal_rate")
     last = row.get("stance_by_round") or {}
     finals = [max(r.items())[1] for r in last.values() if r]
@@ -99,7 +105,7 @@ def _mark_differences(table: list[dict]) -> None:
     groups: dict[tuple, set] = {}
     for row in table:
         key = (row["scenario"], row["seed"], row["protocol"])
-        groups.setdefault(key, set()).add(_outcome(row))
+        groups.setdefault(key, set()).add(outcome(row))
     for row in table:
         row["differs"] = len(groups[(row["scenario"], row["seed"], row["protocol"])]) > 1
 

@@ -75,6 +75,16 @@ class ModelSpec(BaseModel):
         """How reports name this model."""
         return self.label or self.model or self.endpoint or redact_url(self.base_url) or "?"
 
+    def endpoint_options(self) -> dict:
+        """The run options that pick this server and model (``Overrides`` fields)."""
+        return {
+            "base_url": self.base_url,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "persona_models": dict(self.personas),
+        }
+
     def settings(self) -> dict:
         """What identifies it in a cell's key (the label is only a name)."""
         return self.model_dump(exclude={"label"}, exclude_none=True, exclude_defaults=True)
@@ -191,16 +201,12 @@ def request_for(
     sweep: Sweep, cell: Cell, archive: Path, attempt: int, participants: list[str] | None = None
 ) -> RunRequest:
     """The run request of one cell (``participants``: the scenario's, to shuffle)."""
-    spec, model = sweep.spec, cell.model
+    spec = sweep.spec
     order = participant_order(participants, cell.seed) if participants else None
     return RunRequest(
         scenario=cell.scenario,
         overrides=Overrides(
-            base_url=model.base_url,
-            endpoint=model.endpoint,
-            model=model.model,
-            api_key_env=model.api_key_env,
-            persona_models=dict(model.personas),
+            **cell.model.endpoint_options(),
             temperature=spec.temperature,
             max_tokens=spec.max_tokens,
         ),
@@ -230,10 +236,15 @@ class CellStatus:
     attempts: int = 0
     runs: list[dict] = field(default_factory=list)  # manifests, oldest first
     error: str | None = None
+    folders: list[Path] = field(default_factory=list)  # the runs' folders, in the same order
 
     @property
     def latest(self) -> dict | None:
         return self.runs[-1] if self.runs else None
+
+    @property
+    def latest_folder(self) -> Path | None:
+        return self.folders[-1] if self.folders else None
 
 
 def ledger(archive: Path, name: str) -> list[dict]:
@@ -295,12 +306,14 @@ def sweep_names(archive: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).exists())
 
 
+def names_a_file(wanted: str) -> bool:
+    path = Path(wanted)
+    return path.suffix in (".yaml", ".yml") or path.is_file()
+
+
 def find(archive: Path, wanted: str) -> Sweep:
     """A sweep file's path, or the name of a sweep already run in this archive."""
-    path = Path(wanted)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load(path)
-    return saved(archive, wanted)
+    return load(Path(wanted)) if names_a_file(wanted) else saved(archive, wanted)
 
 
 def runs_of(archive: Path, name: str) -> dict[str, list[tuple[Path, dict]]]:
@@ -351,6 +364,14 @@ def status(archive: Path, sweep: Sweep) -> list[CellStatus]:
         else:
             state = "failed" if attempts else "missing"
         result.append(
-            CellStatus(cell.key, cell.labels(), state, attempts, [m for _, m in mine], error)
+            CellStatus(
+                cell.key,
+                cell.labels(),
+                state,
+                attempts,
+                [m for _, m in mine],
+                error,
+                [f for f, _ in mine],
+            )  # fmt: skip
         )
     return result

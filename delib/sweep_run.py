@@ -100,22 +100,13 @@ class Progress:
     finished: list[tuple[Step, str, str | None]] = field(default_factory=list)
 
 
-def _changes(cell: Cell) -> dict:
-    model = cell.model
-    return {
-        "base_url": model.base_url,
-        "endpoint": model.endpoint,
-        "model": model.model,
-        "api_key_env": model.api_key_env,
-        "persona_models": dict(model.personas),
-    }
-
-
 def _request(sweep: Sweep, step: Step, archive: Path) -> tuple[RunRequest, Path | None]:
     if step.action in ("resume", "retry") and step.run_id:
         folder = archive / step.run_id
         if (folder / CHECKPOINT_FILE).exists():
-            request, folder = resume_request(archive, step.run_id, _changes(step.cell))
+            request, folder = resume_request(
+                archive, step.run_id, step.cell.model.endpoint_options()
+            )
             if request.sweep is not None:
                 request.sweep = {**request.sweep, "attempt": step.attempt}
             return request, folder
