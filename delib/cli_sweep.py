@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,8 +18,8 @@ from rich.table import Table
 
 from delib import compare, sweep_run
 from delib import report as reports
-from delib.archive import archive_dir, find_run, read_manifest, read_records, require_archive
 from delib.errors import InputError
+from delib.store import FolderStore, open_store
 from delib.sweep import Sweep, find, load, names_a_file, status, sweep_names
 from delib.terminal import inert, safe
 
@@ -31,8 +33,12 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 ArchiveOpt = Annotated[
-    Path | None,
-    typer.Option("--archive", help="Archive folder (default $DELIB_TRANSCRIPTS or ./transcripts)."),
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Archive: a folder, or a postgresql:// database (default $DELIB_ARCHIVE, "
+        "$DELIB_TRANSCRIPTS or ./transcripts).",
+    ),
 ]
 SweepArg = Annotated[
     str, typer.Argument(help="A sweep file, or the name of a sweep already run in the archive.")
@@ -44,6 +50,26 @@ STATE_STYLE = {
     "running": "cyan",
     "missing": "dim",
 }
+
+
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+def _open(archive: str | None, create: bool = False) -> Any:
+    """The archive (a folder or a database); it must exist unless ``create``. Closed when the
+    command's process ends."""
+    store = open_store(archive)
+    atexit.register(store.close)
+    if create and isinstance(store, FolderStore):
+        try:
+            store.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write to archive folder {store.path}: {exc.strerror}"
+            ) from None
+    return store.require()
 
 
 def _describe(p: sweep_run.Progress) -> str:
@@ -65,12 +91,31 @@ def sweep_run_cmd(
         typer.Option("--retry-failed", help="Run failed cells again (up to max_attempts)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: this process runs the debates. ray: a Ray cluster does (needs a "
+            "postgresql:// archive; see docs/scale-out.md)."
+        ),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --engine ray: the cluster to join (default: start a local one)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --engine ray and no --ray-address: worker processes of the local "
+            "cluster (default: one per CPU). --concurrency is then per worker.",
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of a sweep that is not done yet; a rerun after a crash or Ctrl-C runs
-    only what is missing and resumes what was cut off."""
+    only what is missing and resumes what was cut off. Several 'sweep run's of one file
+    against one postgresql:// archive share the cells between them."""
     sweep = load(file)
-    folder = archive_dir(archive)
-    folder.mkdir(parents=True, exist_ok=True)
+    store = _open(archive, create=True)
     live = sys.stderr.isatty() and not as_json
     bar = Progress(
         TextColumn("{task.description}"),
@@ -94,19 +139,32 @@ def sweep_run_cmd(
         shown["finished"] = len(p.finished)
 
     err.print(
-        f"sweep [bold]{safe(sweep.name)}[/bold]: {len(sweep.cells)} cells → {safe(str(folder))}"
+        f"sweep [bold]{safe(sweep.name)}[/bold]: {len(sweep.cells)} cells → {safe(store.location)}"
     )
     try:
         with bar:
-            steps, progress = asyncio.run(
-                sweep_run.run_sweep(
+            if engine is Engine.ray:
+                from delib.ray_engine import run_on_ray
+
+                steps, progress = run_on_ray(
                     sweep,
-                    folder,
-                    concurrency=concurrency,
+                    store,
+                    address=ray_address,
+                    workers=workers or os.cpu_count() or 1,
+                    concurrency=concurrency or sweep.spec.concurrency,
                     retry_failed=retry_failed,
                     on_progress=on_progress,
                 )
-            )
+            else:
+                steps, progress = asyncio.run(
+                    sweep_run.run_sweep(
+                        sweep,
+                        store,
+                        concurrency=concurrency,
+                        retry_failed=retry_failed,
+                        on_progress=on_progress,
+                    )
+                )
     except (KeyboardInterrupt, asyncio.CancelledError):
         err.print(
             f"[yellow]interrupted[/yellow]; finished runs are kept; "
@@ -114,7 +172,7 @@ def sweep_run_cmd(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    states = status(folder, sweep)
+    states = status(store, sweep)
     counts = {s: sum(1 for c in states if c.state == s) for s in STATE_STYLE}
     if as_json:
         print(json.dumps({"sweep": sweep.name, "cells": len(states), **counts}))
@@ -141,9 +199,9 @@ def sweep_status(
     ] = False,  # fmt: skip
 ) -> None:
     """Each cell of a sweep: done, running, failed, interrupted or missing."""
-    folder = require_archive(archive_dir(archive))
-    sweep = find(folder, sweep_ref)
-    states = status(folder, sweep)
+    store = _open(archive)
+    sweep = find(store, sweep_ref)
+    states = status(store, sweep)
     if as_json:
         rows = [
             {
@@ -182,16 +240,16 @@ def sweep_status(
 @sweep_app.command("list")
 def sweep_list(archive: ArchiveOpt = None) -> None:
     """The sweeps run in an archive, with how many cells are done."""
-    folder = require_archive(archive_dir(archive))
-    names = sweep_names(folder)
+    store = _open(archive)
+    names = sweep_names(store)
     if not names:
-        out.print(f"no sweeps in {safe(str(folder))}; 'delib sweep run FILE' starts one")
+        out.print(f"no sweeps in {safe(store.location)}; 'delib sweep run FILE' starts one")
         return
     table = Table(box=None)
     for column in ("sweep", "cells", "done", "failed", "other", "runs"):
         table.add_column(column)
     for name in names:
-        states = status(folder, find(folder, name))
+        states = status(store, find(store, name))
         done = sum(s.state == "done" for s in states)
         failed = sum(s.state == "failed" for s in states)
         runs = sum(len(s.runs) for s in states)
@@ -221,11 +279,11 @@ def sweep_report(
 ) -> None:
     """A report on a sweep: the matrix, stance over rounds, refusals, deadlocks, tokens,
     latency; HTML with charts (one offline file, transcripts beside it), or CSV/JSON."""
-    folder = require_archive(archive_dir(archive))
-    sweep = find(folder, sweep_ref)
+    store = _open(archive)
+    sweep = find(store, sweep_ref)
     if per_turn and fmt is reports.Format.html:
         raise InputError("--per-turn is for --format csv or json")
-    rows = reports.turn_table(folder, sweep) if per_turn else reports.rows(folder, sweep)
+    rows = reports.turn_table(store, sweep) if per_turn else reports.rows(store, sweep)
     if fmt is not reports.Format.html:
         columns = list(rows[0]) if per_turn and rows else None
         text = reports.as_csv(rows, columns) if fmt is reports.Format.csv else (
@@ -239,7 +297,7 @@ def sweep_report(
     target = output or Path(f"{sweep.name}.html")
     if target.is_dir():
         raise InputError(f"{target} is a folder; give a file name such as {sweep.name}.html")
-    written = reports.write_html(folder, sweep, rows, target)
+    written = reports.write_html(store, sweep, rows, target)
     out.print(f"wrote {safe(str(target))} and {written} transcripts beside it")
 
 
@@ -265,12 +323,12 @@ def compare_cmd(
 ) -> None:
     """Compare two runs (stop reasons, metrics, stance paths, verdicts, settings, turns) or two
     sweeps cell by cell."""
-    folder = require_archive(archive_dir(archive))
-    sweeps = [_as_sweep(folder, ref) for ref in (first, second)]
+    store = _open(archive)
+    sweeps = [_as_sweep(store, ref) for ref in (first, second)]
     if (sweeps[0] is None) != (sweeps[1] is None):
         raise InputError("compare two runs or two sweeps, not one of each")
     if sweeps[0] is None or sweeps[1] is None:
-        sides = [_load(folder, ref) for ref in (first, second)]
+        sides = [_load(store, ref) for ref in (first, second)]
         result = compare.runs(sides[0], sides[1])
         if fmt is CompareFormat.text:
             _print_runs(result)
@@ -279,7 +337,7 @@ def compare_cmd(
             compare.runs_html(result))  # fmt: skip
         _write(text, output)
         return
-    table = compare.sweeps(reports.rows(folder, sweeps[0]), reports.rows(folder, sweeps[1]))
+    table = compare.sweeps(reports.rows(store, sweeps[0]), reports.rows(store, sweeps[1]))
     if only_different:
         table = [r for r in table if r["differs"]]
     if fmt is CompareFormat.json:
@@ -310,9 +368,9 @@ def compare_cmd(
     out.print(f"{differing} of {len(table)} cells differ")
 
 
-def _load(archive: Path, ref: str) -> tuple[dict, list[dict]]:
-    folder = find_run(archive, ref)
-    return read_manifest(folder), read_records(folder)
+def _load(archive: Any, ref: str) -> tuple[dict, list[dict]]:
+    run_id = archive.find(ref)
+    return archive.manifest(run_id), archive.records(run_id)
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -362,7 +420,7 @@ def _short(value: object) -> str:
     return str(value)
 
 
-def _as_sweep(archive: Path, ref: str) -> Sweep | None:
+def _as_sweep(archive: Any, ref: str) -> Sweep | None:
     """The sweep ``ref`` names (a file, or a sweep run in this archive), else None (a run)."""
     if names_a_file(ref) or ref in sweep_names(archive):
         return find(archive, ref)

@@ -52,7 +52,7 @@ class RunRequest:
     token_budget: int | None = None
     seed: int | None = None
     stream: bool = True
-    archive: Path | None = None
+    archive: Any = None  # a folder, a postgresql:// address or an open store (delib.store)
     personas_dir: Path | None = None
     scenarios_dir: Path | None = None
     loops: LoopMode | None = None  # overrides the scenario's loop handling mode
@@ -109,7 +109,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
     return data
 
 
-def request_from_dict(data: dict[str, Any], archive: Path | None) -> RunRequest:
+def request_from_dict(data: dict[str, Any], archive: Any) -> RunRequest:
     o = dict(data.get("overrides") or {})
     o["gguf"] = Path(o["gguf"]) if o.get("gguf") else None
     inline = data.get("scenario_inline")

@@ -1,4 +1,7 @@
-"""The run's log on disk: ``turns.jsonl``, in-flight files, the index row and the manifest.
+"""The run's log: ``turns.jsonl``, in-flight files, the index row and the manifest.
+
+A run in a PostgreSQL archive (``pgrun.PgRun``) takes the folder's place: the same calls
+commit rows instead of appending lines, and its checkpoints are LangGraph's PostgreSQL tables.
 
 ``Recorder`` is the ``RunLog`` the graph's nodes write to. A finished turn or event is appended
 to ``turns.jsonl`` and flushed to the operating system before ``add`` returns, so ``kill -9``
@@ -13,8 +16,8 @@ waits on SQLite.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +86,15 @@ class RunSaver(SqliteSaver):
         self.delete_thread(thread_id)
 
 
-@contextmanager
-def checkpoints(folder: RunFolder) -> Iterator[RunSaver]:
-    """The run's ``checkpoints.sqlite``, open for the graph."""
-    conn = sqlite3.connect(str(folder.checkpoint_path), check_same_thread=False)
+@asynccontextmanager
+async def checkpoints(run: Any) -> AsyncIterator[Any]:
+    """The run's checkpointer, open for the graph: ``checkpoints.sqlite`` in a run folder, or
+    LangGraph's PostgreSQL saver for a run in a database (``PgRun.checkpointer``)."""
+    if not isinstance(run, RunFolder):
+        async with run.checkpointer() as saver:
+            yield saver
+        return
+    conn = sqlite3.connect(str(run.checkpoint_path), check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -100,21 +108,25 @@ class Recorder(MemoryLog):
 
     def __init__(
         self,
-        folder: RunFolder,
-        archive: Path,
+        folder: Any,
+        archive: Path | None,
         manifest: Manifest,
         records: list[Record] | None = None,
         notify: Notify | None = None,
     ) -> None:
+        """``folder``: a ``RunFolder`` or a ``pgstore.PgRun``; ``archive``: the folder archive
+        whose SQLite index to keep up to date (None for a database, which searches itself)."""
         super().__init__(records)
         self.folder = folder
         self.manifest = manifest
         self.notify = notify or (lambda text: None)
         self.index: Index | None = None
-        try:
-            self.index = Index.open(archive)
-        except (DelibError, sqlite3.Error) as exc:
-            self.notify(f"the archive index is not updated during this run: {exc}")
+        self._add_turn = getattr(folder, "add_turn", None)
+        if archive is not None:
+            try:
+                self.index = Index.open(archive)
+            except (DelibError, sqlite3.Error) as exc:
+                self.notify(f"the archive index is not updated during this run: {exc}")
 
     # --- RunLog --------------------------------------------------------------------------------
     def begin(self, index: int, speaker: str, kind: str) -> None:
@@ -125,8 +137,12 @@ class Recorder(MemoryLog):
         self.folder.inflight_text(index, text)
 
     def add(self, record: Record) -> None:
-        self.folder.append(record)
-        if record["type"] == "turn":
+        if record["type"] != "turn":
+            self.folder.append(record)
+        elif self._add_turn is not None:
+            self._add_turn(record)
+        else:
+            self.folder.append(record)
             self.folder.inflight_done(record["index"])
         super().add(record)
 

@@ -15,11 +15,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from delib.archive import read_manifest, read_records
 from delib.errors import DelibError, InputError
 from delib.export import export
 from delib.metrics import run_metrics, turn_rows
 from delib.records import now
+from delib.store import open_store
 from delib.sweep import CellStatus, Sweep, status
 
 
@@ -37,13 +37,14 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _latest_runs(archive: Path, sweep: Sweep) -> Iterator[tuple[CellStatus, list[dict]]]:
+def _latest_runs(archive: Any, sweep: Sweep) -> Iterator[tuple[CellStatus, list[dict]]]:
     """Each cell's status with its latest run's records (none for a cell with no run)."""
-    for st in status(archive, sweep):
+    store = open_store(archive)
+    for st in status(store, sweep):
         records: list[dict] = []
-        if st.latest_folder is not None:
+        if st.latest_run is not None:
             try:
-                records = read_records(st.latest_folder)
+                records = store.records(st.latest_run)
             except DelibError:
                 pass
         yield st, records
@@ -53,7 +54,7 @@ def _labels(st: CellStatus) -> dict[str, Any]:
     return {"cell": st.cell_key, **st.labels}
 
 
-def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
+def rows(archive: Any, sweep: Sweep) -> list[dict[str, Any]]:
     """Each cell with its latest run's metrics (empty metrics for a cell with no run)."""
     out = []
     for st, records in _latest_runs(archive, sweep):
@@ -69,14 +70,14 @@ def rows(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
                 stance_converged=stance["converged"],
                 moved=" ".join(stance["moved"]),
                 stance_by_round=stance["by_round"],
-                folder=str(st.latest_folder),
+                run=st.latest_run,
             )
         out.append(row)
     _mark_differences(out)
     return out
 
 
-def turn_table(archive: Path, sweep: Sweep) -> list[dict[str, Any]]:
+def turn_table(archive: Any, sweep: Sweep) -> list[dict[str, Any]]:
     """One row per participant statement of each cell's latest run, with the cell's labels."""
     out = []
     for st, records in _latest_runs(archive, sweep):
@@ -305,18 +306,18 @@ def _cell(key: str, row: dict, link: str | None) -> str:
     return f'<td data-v="{html.escape(str(value))}">{html.escape(str(value))}</td>'
 
 
-def write_html(archive: Path, sweep: Sweep, table: list[dict], target: Path) -> int:
+def write_html(archive: Any, sweep: Sweep, table: list[dict], target: Path) -> int:
     """The report page, and each run's transcript in ``<target stem>-runs/``; how many
     transcripts were written."""
+    store = open_store(archive)
     runs_dir = target.with_name(f"{target.stem}-runs")
     written = 0
     links: dict[str, str] = {}
     for row in table:
-        folder = row.get("folder")
-        if not folder:
+        run_id = row.get("run")
+        if not run_id:
             continue
-        manifest = read_manifest(Path(folder))
-        records = read_records(Path(folder))
+        manifest, records = store.manifest(run_id), store.records(run_id)
         runs_dir.mkdir(parents=True, exist_ok=True)
         name = f"{row['run_id']}.html"
         (runs_dir / name).write_text(export(manifest, records, "html"), encoding="utf-8")

@@ -18,25 +18,16 @@ as it was.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from delib.archive import (
-    CHECKPOINT_FILE,
-    FINISHED,
-    RunFolder,
-    archive_dir,
-    find_run,
-    is_locked,
-    read_manifest,
-    read_records,
-)
+from delib.archive import FINISHED
 from delib.config import Overrides
 from delib.errors import InputError
 from delib.prepare import RunRequest, request_from_dict
 from delib.records import Event, Record, Turn, make_event
+from delib.store import FolderStore, open_store
 
 # Events written by resume itself: not counted by the graph, kept across resumes.
 RESUME_EVENTS = ("resumed", "turn_discarded", "truncated_line_dropped")
@@ -45,26 +36,36 @@ ENDPOINT_FIELDS = ("base_url", "endpoint", "api_key_env", "gguf", "model", "syst
 
 
 def resume_request(
-    archive: Path | None, wanted: str, changes: dict[str, Any] | None = None
-) -> tuple[RunRequest, Path]:
-    """The killed run's own request, with a new endpoint if ``changes`` gives one. Refuses
-    finished, running and unresumable runs."""
-    folder = find_run(archive_dir(archive), wanted)
-    manifest = read_manifest(folder)
-    run_id = folder.name
-    stop = manifest.get("stop_reason")
-    if stop in FINISHED:
-        raise InputError(
-            f"run {run_id} finished (stop reason: {stop}); only a run that was killed, "
-            "interrupted or failed can be resumed"
-        )
-    if is_locked(folder):
-        raise InputError(f"run {run_id} is still running in another process")
-    if not manifest.get("request") or not (folder / CHECKPOINT_FILE).exists():
-        raise InputError(
-            f"run {run_id} has no checkpoints (it was made by an older delib); it cannot be resumed"
-        )
-    request = request_from_dict(manifest["request"], archive)
+    archive: Any, wanted: str, changes: dict[str, Any] | None = None
+) -> tuple[RunRequest, Path | str]:
+    """The killed run's own request, with a new endpoint if ``changes`` gives one, and where
+    the run is: its folder, or its id in a database archive. Refuses finished, running and
+    unresumable runs."""
+    store = open_store(archive)
+    try:
+        run_id = store.find(wanted)
+        manifest = store.manifest(run_id)
+        stop = manifest.get("stop_reason")
+        if stop in FINISHED:
+            raise InputError(
+                f"run {run_id} finished (stop reason: {stop}); only a run that was killed, "
+                "interrupted or failed can be resumed"
+            )
+        if store.running(run_id):
+            raise InputError(f"run {run_id} is still running in another process")
+        if not manifest.get("request") or not store.has_checkpoints(run_id):
+            raise InputError(
+                f"run {run_id} has no checkpoints (it was made by an older delib); "
+                "it cannot be resumed"
+            )
+        where: Path | str = store.folder(run_id) if isinstance(store, FolderStore) else run_id
+        location = store
+        if store is not archive:
+            location = store.path if isinstance(store, FolderStore) else store.dsn
+    finally:
+        if store is not archive:
+            store.close()
+    request = request_from_dict(manifest["request"], location)
     changes = {k: v for k, v in (changes or {}).items() if v not in (None, {}, [])}
     chosen = {k: v for k, v in changes.items() if k in ENDPOINT_FIELDS}
     if chosen:
@@ -79,7 +80,7 @@ def resume_request(
     for key in ("ctx", "chat_format", "local_model"):
         if key in changes:
             setattr(request, key, changes[key])
-    return request, folder
+    return request, where
 
 
 @dataclass
@@ -103,16 +104,13 @@ class Reconciled:
         }
 
 
-def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[str]) -> Reconciled:
-    """Work out the records to keep from the folder and the checkpoint's counters. Reads only;
-    ``apply`` writes."""
+def reconcile(
+    run_id: str, records: list[Record], values: dict, has_checkpoint: bool, endpoints: list[str]
+) -> Reconciled:
+    """Work out the records to keep from the run's records and the checkpoint's counters.
+    Reads only; ``apply`` writes."""
     if "turns" in values and "count" not in values:
-        raise InputError(
-            f"run {folder.name} was checkpointed by an older delib; it cannot be resumed"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a truncated last line: apply() cuts and records it
-        records = read_records(folder)
+        raise InputError(f"run {run_id} was checkpointed by an older delib; it cannot be resumed")
     count = values.get("count", 0)
     graph_events = values.get("events", 0)
     kept: list[Record] = []
@@ -135,7 +133,7 @@ def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[
     missing = sorted(set(range(count)) - seen)
     if missing:
         raise InputError(
-            f"run {folder.name}: turns.jsonl lacks turn {missing[0]}, which its checkpoint "
+            f"run {run_id}: its records lack turn {missing[0]}, which its checkpoint "
             "has; the folder was changed by hand and cannot be resumed"
         )
     return Reconciled(
@@ -147,7 +145,7 @@ def reconcile(folder: Path, values: dict, has_checkpoint: bool, endpoints: list[
     )
 
 
-def apply(folder: RunFolder, plan: Reconciled) -> None:
+def apply(folder: Any, plan: Reconciled) -> None:
     """Rewrite the folder as ``plan`` says, recording what resume did."""
     added: list[Event] = []
     cut = folder.repair()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 from langgraph.errors import GraphRecursionError
 
-from delib.archive import RunFolder, archive_dir, read_manifest
+from delib.archive import RunFolder
 from delib.config import Overrides
 from delib.endpoints import Clients, Limits
 from delib.errors import DelibError
@@ -36,6 +37,7 @@ from delib.records import Event, Manifest, TokenTotals, Turn, events_of, now, tu
 from delib.resume import apply, history_entry, reconcile, resume_request
 from delib.scenarios import Scenario
 from delib.state import StopReason
+from delib.store import FolderStore, open_store
 
 Listener = Callable[[dict], None]
 
@@ -49,7 +51,7 @@ class RunResult:
     """How a run ended, with everything it said."""
 
     run_id: str
-    folder: Path
+    folder: Path | None  # None for a run kept in a database
     stop_reason: StopReason
     error: BaseException | None  # the exception that ended the run, if one did
     turns: list[Turn]
@@ -57,6 +59,12 @@ class RunResult:
     tokens: TokenTotals
     verdict: dict | None  # the validated verdict, or {"valid": False, "text": ...}
     manifest: Manifest
+    archive: str = ""  # where the run is kept: the archive folder or the database's address
+
+    @property
+    def where(self) -> str:
+        """The run's folder, or the run in its database."""
+        return str(self.folder) if self.folder else f"run {self.run_id} in {self.archive}"
 
     @property
     def error_message(self) -> str | None:
@@ -78,7 +86,7 @@ class RunResult:
         """What ``delib run --json`` prints."""
         return {
             "run_id": self.run_id,
-            "folder": str(self.folder),
+            "folder": str(self.folder) if self.folder else None,
             "stop_reason": self.stop_reason.value,
             "error": self.error_message,
             "turns": len(self.turns),
@@ -95,7 +103,7 @@ class Run:
         self,
         request: RunRequest,
         *,
-        resume: Path | None = None,
+        resume: Path | str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: Limits | None = None,
     ) -> None:
@@ -104,8 +112,11 @@ class Run:
         self.clients = Clients(transport=transport, limits=limits or Limits())
         self.local: LocalServer | None = None
         self.folder: Path | None = None  # the run folder, once it exists
+        self.where = ""  # the run folder, or the run in its database, once it exists
         self.result: RunResult | None = None
         self._notices: list[str] = []
+        self._store: Any = None
+        self._own_store = False
 
     async def _start_local(self, model: Any, ctx: int) -> LocalServer:
         self.local = LocalServer(model, ctx=ctx)
@@ -127,14 +138,19 @@ class Run:
         ctx = prepared.context
         manifest = prepared.manifest
         yield {"kind": "ready", "context": ctx, "local": self.local, "resume": self.resume_folder}
+        store = self._open_store()
         if self.resume_folder is None:
-            folder = RunFolder.create(archive_dir(self.request.archive), ctx.scenario.id)
+            folder = store.create_run(ctx.scenario.id)
             folder.lock()
             manifest.update(run_id=folder.run_id, started_at=now())
-        else:
+        elif isinstance(self.resume_folder, Path):
             folder = RunFolder(self.resume_folder)
             folder.lock()
+        else:
+            folder = store.open_run(self.resume_folder)
+            folder.lock()
         self.folder = folder.path
+        self.where = str(folder.path) if folder.path else f"run {folder.run_id} in {store.location}"
         config = {
             "configurable": {"thread_id": folder.run_id},
             "recursion_limit": ctx.recursion_limit(),
@@ -144,7 +160,7 @@ class Run:
         stop = StopReason.error
         error: BaseException | None = None
         try:
-            with checkpoints(folder) as saver:
+            async with checkpoints(folder) as saver:
                 graph = compile_graph(checkpointer=saver)
                 start: dict | None = {}
                 records: list = []
@@ -153,8 +169,13 @@ class Run:
                     snapshot = await graph.aget_state(config)
                     final = dict(snapshot.values or {})
                     endpoints = sorted({p["endpoint"] for p in manifest["personas"]})
-                    plan = reconcile(folder.path, final, snapshot.created_at is not None, endpoints)
-                    old = read_manifest(folder.path)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # a cut-off last line: apply records it
+                        kept = store.records(folder.run_id)
+                    plan = reconcile(
+                        folder.run_id, kept, final, snapshot.created_at is not None, endpoints
+                    )
+                    old = store.manifest(folder.run_id)
                     apply(folder, plan)
                     manifest.update(
                         run_id=folder.run_id,
@@ -166,7 +187,7 @@ class Run:
                     start = {} if plan.fresh else None
                 recorder = Recorder(
                     folder,
-                    archive_dir(self.request.archive),
+                    store.path if isinstance(store, FolderStore) else None,
                     manifest,
                     records,
                     self._notices.append,
@@ -237,7 +258,18 @@ class Run:
             tokens=manifest.get("tokens") or {},  # type: ignore[typeddict-item]
             verdict=final.get("verdict"),
             manifest=manifest,
+            archive=self._store.location if self._store is not None else "",
         )
+
+    def _open_store(self) -> Any:
+        """Where the run is kept; a store this run opened is closed by ``aclose``."""
+        if self._store is None:
+            where = self.request.archive
+            if isinstance(self.resume_folder, Path):
+                where = self.resume_folder.parent
+            self._store = open_store(where)
+            self._own_store = self._store is not where
+        return self._store
 
     async def aclose(self) -> None:
         """Close connections and stop the embedded server, if one was started."""
@@ -246,6 +278,9 @@ class Run:
         finally:
             if self.local:
                 self.local.cleanup()
+            if self._store is not None and self._own_store:
+                self._store.close()
+            self._store = None
 
 
 async def _consume(run: Run, on_message: Listener | None) -> RunResult:
@@ -267,7 +302,7 @@ def make_request(scenario: str | Scenario, **options: Any) -> RunRequest:
     ``model``, ``endpoint``, ``persona_models``, ``temperature``, ``max_tokens``, ``gguf``, …)
     and run options (``rounds``, ``protocol``, ``seed``, ``archive``, ``personas``, …)."""
     overrides = {k: options.pop(k) for k in list(options) if k in OVERRIDE_FIELDS}
-    for key in ("archive", "personas_dir", "scenarios_dir", "gguf"):
+    for key in ("personas_dir", "scenarios_dir", "gguf"):
         source = overrides if key == "gguf" else options
         if source.get(key) is not None:
             source[key] = Path(source[key])
@@ -323,7 +358,7 @@ async def aresume(
 ) -> RunResult:
     """Go on with a run that died, from its last finished turn. ``changes`` may name another
     endpoint (``base_url``, ``endpoint``, ``gguf``, ``model``, …)."""
-    request, folder = resume_request(Path(archive) if archive else None, run_id, changes)
+    request, folder = resume_request(archive, run_id, changes)
     return await _consume(Run(request, resume=folder, transport=transport), on_message)
 
 

@@ -24,23 +24,21 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from delib.archive import FINISHED, is_locked, read_manifest, run_folders
+from delib.archive import FINISHED
 from delib.config import EMBEDDED_ENDPOINT, Overrides, redact_url
-from delib.errors import DelibError, InputError
+from delib.errors import InputError
 from delib.library import load_file
 from delib.loops import LoopMode
 from delib.personas import ID_PATTERN
 from delib.prepare import RunRequest
 from delib.records import now
 from delib.scenarios import Protocol
+from delib.store import open_store
 
-SWEEPS_DIR = "sweeps"
-LEDGER_FILE = "attempts.jsonl"
-SPEC_FILE = "sweep.json"
 DEFAULT_MAX_ATTEMPTS = 3
 
 CellState = Literal["done", "running", "failed", "interrupted", "missing"]
@@ -198,7 +196,7 @@ def participant_order(participants: list[str], seed: int) -> list[str]:
 
 
 def request_for(
-    sweep: Sweep, cell: Cell, archive: Path, attempt: int, participants: list[str] | None = None
+    sweep: Sweep, cell: Cell, archive: Any, attempt: int, participants: list[str] | None = None
 ) -> RunRequest:
     """The run request of one cell (``participants``: the scenario's, to shuffle)."""
     spec = sweep.spec
@@ -224,8 +222,9 @@ def request_for(
 
 
 # --- the state of a sweep, read from the archive ----------------------------------------------
-def sweep_dir(archive: Path, name: str) -> Path:
-    return archive / SWEEPS_DIR / name
+# ``archive`` below is anything ``store.open_store`` takes: a folder, a postgresql:// address, or
+# an open store (a caller that asks several questions passes the store, so one connection
+# serves them all).
 
 
 @dataclass
@@ -236,74 +235,59 @@ class CellStatus:
     attempts: int = 0
     runs: list[dict] = field(default_factory=list)  # manifests, oldest first
     error: str | None = None
-    folders: list[Path] = field(default_factory=list)  # the runs' folders, in the same order
+    run_ids: list[str] = field(default_factory=list)  # the runs' ids, in the same order
 
     @property
     def latest(self) -> dict | None:
         return self.runs[-1] if self.runs else None
 
     @property
-    def latest_folder(self) -> Path | None:
-        return self.folders[-1] if self.folders else None
+    def latest_run(self) -> str | None:
+        return self.run_ids[-1] if self.run_ids else None
 
 
-def ledger(archive: Path, name: str) -> list[dict]:
-    path = sweep_dir(archive, name) / LEDGER_FILE
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut off by a crash
-        if isinstance(entry, dict) and isinstance(entry.get("cell"), str):
-            entries.append(entry)
-    return entries
+def ledger(archive: Any, name: str, cell: str | None = None) -> list[dict]:
+    """The sweep's attempts (or one cell's), oldest first."""
+    store = open_store(archive)
+    if hasattr(store, "sweep_manifests"):  # a database picks the cell's rows itself
+        return store.ledger(name, cell)
+    return [e for e in store.ledger(name) if cell is None or e["cell"] == cell]
 
 
-def note(archive: Path, name: str, **entry: object) -> None:
-    """Append to the sweep's ledger (one process writes it: ``SweepLock``)."""
-    folder = sweep_dir(archive, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LEDGER_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"at": now(), **entry}) + "\n")
+def note(archive: Any, name: str, **entry: object) -> None:
+    """Append to the sweep's ledger."""
+    open_store(archive).note(name, entry)
 
 
-def save_spec(archive: Path, sweep: Sweep) -> None:
+def save_spec(archive: Any, sweep: Sweep) -> None:
     """The sweep's cells as last run, so ``status`` and ``report`` work by name alone."""
-    folder = sweep_dir(archive, sweep.name)
-    folder.mkdir(parents=True, exist_ok=True)
     data = {
         "name": sweep.name,
         "source": sweep.source,
         "spec": sweep.spec.model_dump(mode="json"),
         "saved_at": now(),
     }
-    (folder / SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    open_store(archive).save_sweep(sweep.name, data)
 
 
-def saved(archive: Path, name: str) -> Sweep:
+def saved(archive: Any, name: str) -> Sweep:
     """A sweep by name, from the archive (as its last ``sweep run`` left it)."""
-    path = sweep_dir(archive, name) / SPEC_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        spec = SweepSpec.model_validate(data["spec"])
-    except FileNotFoundError:
-        known = ", ".join(sweep_names(archive)) or "none"
+    store = open_store(archive)
+    data = store.sweep_record(name)
+    if data is None:
+        known = ", ".join(store.sweep_names()) or "none"
         raise InputError(
-            f"no sweep '{name}' in {archive} (known: {known}); give the sweep file instead"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise InputError(f"{path}: unreadable sweep record ({exc})") from None
-    return expand(name, spec, data.get("source") or str(path))
+            f"no sweep '{name}' in {store.location} (known: {known}); give the sweep file instead"
+        )
+    try:
+        spec = SweepSpec.model_validate(data["spec"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise InputError(f"{store.location}: unreadable record of sweep '{name}' ({exc})") from None
+    return expand(name, spec, data.get("source") or f"{store.location} (sweep {name})")
 
 
-def sweep_names(archive: Path) -> list[str]:
-    root = archive / SWEEPS_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).exists())
+def sweep_names(archive: Any) -> list[str]:
+    return open_store(archive).sweep_names()
 
 
 def names_a_file(wanted: str) -> bool:
@@ -311,51 +295,55 @@ def names_a_file(wanted: str) -> bool:
     return path.suffix in (".yaml", ".yml") or path.is_file()
 
 
-def find(archive: Path, wanted: str) -> Sweep:
+def find(archive: Any, wanted: str) -> Sweep:
     """A sweep file's path, or the name of a sweep already run in this archive."""
     return load(Path(wanted)) if names_a_file(wanted) else saved(archive, wanted)
 
 
-def runs_of(archive: Path, name: str) -> dict[str, list[tuple[Path, dict]]]:
-    """The archive's runs of this sweep by cell key, oldest first."""
-    found: dict[str, list[tuple[Path, dict]]] = {}
-    if not archive.is_dir():
+def runs_of(archive: Any, name: str, cell: str | None = None) -> dict[str, list[tuple[str, dict]]]:
+    """The archive's runs of this sweep (or of one of its cells) by cell key, as (run id,
+    manifest), oldest first."""
+    store = open_store(archive)
+    found: dict[str, list[tuple[str, dict]]] = {}
+    if not store.exists():
         return found
-    for folder in run_folders(archive):
-        try:
-            manifest = read_manifest(folder)
-        except DelibError:
-            continue  # a damaged run is named by `transcripts list`; it is not this sweep's
+    mine = getattr(store, "sweep_manifests", None)
+    for run_id, manifest in mine(name, cell) if mine else store.manifests():
         tag = manifest.get("sweep") or (manifest.get("request") or {}).get("sweep")
-        if isinstance(tag, dict) and tag.get("name") == name and isinstance(tag.get("cell"), str):
-            found.setdefault(tag["cell"], []).append((folder, manifest))
+        if not (isinstance(tag, dict) and tag.get("name") == name):
+            continue
+        if isinstance(tag.get("cell"), str) and cell in (None, tag["cell"]):
+            found.setdefault(tag["cell"], []).append((run_id, manifest))
     for runs in found.values():
         runs.sort(key=lambda item: item[1].get("started_at") or "")
     return found
 
 
-def status(archive: Path, sweep: Sweep) -> list[CellStatus]:
-    """Each cell's state: done, running, failed, interrupted or missing."""
-    runs = runs_of(archive, sweep.name)
+def status(archive: Any, sweep: Sweep, only: Cell | None = None) -> list[CellStatus]:
+    """Each cell's state (or ``only`` that cell's, read afresh): done, running, failed,
+    interrupted or missing."""
+    store = open_store(archive)
+    key = only.key if only else None
+    runs = runs_of(store, sweep.name, key)
     starts: dict[str, int] = {}
     last_error: dict[str, str | None] = {}
-    for entry in ledger(archive, sweep.name):
+    for entry in ledger(store, sweep.name, key):
         if entry.get("outcome") == "started":
             starts[entry["cell"]] = starts.get(entry["cell"], 0) + 1
         elif entry.get("outcome") in ("failed", "finished"):
             last_error[entry["cell"]] = entry.get("error")
     result = []
-    for cell in sweep.cells:
+    for cell in [only] if only else sweep.cells:
         mine = runs.get(cell.key, [])
         attempts = max(starts.get(cell.key, 0), len(mine))
         state: CellState
         error = last_error.get(cell.key)
         if mine:
-            folder, manifest = mine[-1]
+            run_id, manifest = mine[-1]
             stop = manifest.get("stop_reason")
             if stop in FINISHED:
                 state, error = "done", None
-            elif is_locked(folder):
+            elif store.running(run_id):
                 state = "running"
             elif stop == "error":
                 state, error = "failed", manifest.get("error") or error
@@ -371,7 +359,7 @@ def status(archive: Path, sweep: Sweep) -> list[CellStatus]:
                 attempts,
                 [m for _, m in mine],
                 error,
-                [f for f, _ in mine],
+                [r for r, _ in mine],
             )  # fmt: skip
         )
     return result

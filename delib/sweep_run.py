@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from delib.archive import CHECKPOINT_FILE
 from delib.endpoints import Limits
 from delib.errors import DelibError, InputError
 from delib.prepare import RunRequest
 from delib.resume import resume_request
 from delib.runner import Run, RunResult
 from delib.scenarios import scenario_library
-from delib.sweep import Cell, CellStatus, Sweep, note, request_for, save_spec, status, sweep_dir
+from delib.store import open_store
+from delib.sweep import Cell, CellStatus, Sweep, note, request_for, save_spec, status
 
 Action = Literal["run", "resume", "retry", "skip"]
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who started a cell, in the ledger
 
 
 @dataclass
@@ -38,12 +42,14 @@ class Step:
     run_id: str | None = None  # the run to resume
 
 
-def plan(sweep: Sweep, states: list[CellStatus], retry_failed: bool) -> list[Step]:
-    """What to do with each cell."""
+def plan(
+    sweep: Sweep, states: list[CellStatus], retry_failed: bool, cells: list[Cell] | None = None
+) -> list[Step]:
+    """What to do with each cell (of the sweep, or of ``cells``)."""
     cap = sweep.spec.max_attempts
     by_key = {s.cell_key: s for s in states}
     steps = []
-    for cell in sweep.cells:
+    for cell in cells if cells is not None else sweep.cells:
         st = by_key[cell.key]
         attempt = st.attempts + 1
         if st.state == "done":
@@ -67,10 +73,10 @@ def plan(sweep: Sweep, states: list[CellStatus], retry_failed: bool) -> list[Ste
 
 
 class SweepLock:
-    """Held while one ``sweep run`` works on a sweep in an archive."""
+    """Held while one ``sweep run`` works on a sweep in a folder archive (a database leases
+    each cell instead: ``PgStore.claim``)."""
 
-    def __init__(self, archive: Path, name: str) -> None:
-        folder = sweep_dir(archive, name)
+    def __init__(self, folder: Path, name: str, archive: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.handle = open(folder / "lock", "a+", encoding="utf-8")  # noqa: SIM115
         try:
@@ -100,10 +106,9 @@ class Progress:
     finished: list[tuple[Step, str, str | None]] = field(default_factory=list)
 
 
-def _request(sweep: Sweep, step: Step, archive: Path) -> tuple[RunRequest, Path | None]:
+def _request(sweep: Sweep, step: Step, archive: Any) -> tuple[RunRequest, Path | str | None]:
     if step.action in ("resume", "retry") and step.run_id:
-        folder = archive / step.run_id
-        if (folder / CHECKPOINT_FILE).exists():
+        if archive.has_checkpoints(step.run_id):
             request, folder = resume_request(
                 archive, step.run_id, step.cell.model.endpoint_options()
             )
@@ -117,11 +122,11 @@ def _request(sweep: Sweep, step: Step, archive: Path) -> tuple[RunRequest, Path 
 
 
 async def _one(
-    sweep: Sweep, step: Step, archive: Path, limits: Limits
+    sweep: Sweep, step: Step, archive: Any, limits: Limits
 ) -> tuple[str, str | None, RunResult | None]:
     """Run one cell; (outcome, error line, result)."""
     note(archive, sweep.name, cell=step.cell.key, outcome="started", attempt=step.attempt,
-         action=step.action)  # fmt: skip
+         action=step.action, worker=WORKER)  # fmt: skip
     result: RunResult | None = None
     try:
         request, resume = _request(sweep, step, archive)
@@ -143,46 +148,121 @@ async def _one(
     return outcome, result.error_message, result
 
 
+def _claim(archive: Any, sweep: Sweep, step: Step, retry_failed: bool) -> tuple[Step, Any]:
+    """In a database shared by several ``sweep run``s: the cell's lease and what to do with it
+    now (another worker may have finished it since the plan was made); a skip, holding
+    nothing, if another worker holds it. In a folder archive the sweep's lock covers it."""
+    claim = getattr(archive, "claim", None)
+    if claim is None:
+        return step, None
+    lease = claim(sweep.name, step.cell.key)
+    if lease is None:
+        return Step(step.cell, "skip", "running in another process", step.attempt), None
+    (fresh,) = plan(sweep, status(archive, sweep, only=step.cell), retry_failed, [step.cell])
+    if fresh.action == "skip":
+        lease.release()
+        return fresh, None
+    return fresh, lease
+
+
 async def run_sweep(
     sweep: Sweep,
-    archive: Path,
+    archive: Any,
     *,
     concurrency: int | None = None,
     retry_failed: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> tuple[list[Step], Progress]:
-    """Run what the sweep still needs; the steps planned and the final counts."""
-    lock = SweepLock(archive, sweep.name)
+    """Run what the sweep still needs; the steps planned and the final counts. ``archive``:
+    a folder, a postgresql:// address or an open store."""
+    store = open_store(archive)
+    try:
+        return await _run_sweep(sweep, store, concurrency, retry_failed, on_progress)
+    finally:
+        if store is not archive:
+            store.close()
+
+
+async def _run_sweep(
+    sweep: Sweep,
+    archive: Any,
+    concurrency: int | None,
+    retry_failed: bool,
+    on_progress: Callable[[Progress], None] | None,
+) -> tuple[list[Step], Progress]:
+    lock = archive.sweep_lock(sweep.name)
     try:
         save_spec(archive, sweep)
         steps = plan(sweep, status(archive, sweep), retry_failed)
         todo = [s for s in steps if s.action != "skip"]
         progress = Progress(total=len(todo), skipped=len(steps) - len(todo))
-        report = on_progress or (lambda p: None)
-        report(progress)
-        limits = Limits()
-        queue = iter(todo)  # workers take the next cell as they free up: no task per cell
-
-        async def worker() -> None:
-            for step in queue:
-                progress.running += 1
-                report(progress)
-                try:
-                    outcome, error, result = await _one(sweep, step, archive, limits)
-                finally:
-                    progress.running -= 1
-                if outcome == "finished":
-                    progress.done += 1
-                else:
-                    progress.failed += 1
-                if result is not None:
-                    progress.tokens += result.tokens["total"]
-                run_id = result.run_id if result else None
-                progress.finished.append((step, run_id or "", error))
-                report(progress)
-
-        workers = min(concurrency or sweep.spec.concurrency, len(todo))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await run_steps(
+            sweep, archive, todo, concurrency or sweep.spec.concurrency, retry_failed,
+            progress, on_progress,
+        )  # fmt: skip
         return steps, progress
     finally:
         lock.release()
+
+
+async def run_steps(
+    sweep: Sweep,
+    archive: Any,
+    todo: list[Step],
+    concurrency: int,
+    retry_failed: bool,
+    progress: Progress,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> None:
+    """Carry out ``todo`` with ``concurrency`` debates at once on this event loop (also what
+    each Ray worker does with its share of a sweep)."""
+    report = on_progress or (lambda p: None)
+    report(progress)
+    limits = archive.limits()
+    queue = iter(todo)  # workers take the next cell as they free up: no task per cell
+
+    async def worker() -> None:
+        for planned in queue:
+            step, lease = _claim(archive, sweep, planned, retry_failed)
+            if step.action == "skip":
+                progress.total -= 1
+                progress.skipped += 1
+                report(progress)
+                continue
+            progress.running += 1
+            report(progress)
+            try:
+                outcome, error, result = await _one(sweep, step, archive, limits)
+            finally:
+                progress.running -= 1
+                if lease is not None:
+                    lease.release()
+            if outcome == "finished":
+                progress.done += 1
+            else:
+                progress.failed += 1
+            if result is not None:
+                progress.tokens += result.tokens["total"]
+            run_id = result.run_id if result else None
+            progress.finished.append((step, run_id or "", error))
+            report(progress)
+
+    workers = min(concurrency, len(todo))
+    try:
+        async with checkpoint_pool(archive, workers):
+            await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        getattr(limits, "close", lambda: None)()
+
+
+@asynccontextmanager
+async def checkpoint_pool(archive: Any, size: int) -> AsyncIterator[None]:
+    """A database archive's checkpoints share one connection pool while the sweep runs."""
+    dsn = getattr(archive, "dsn", None)
+    if dsn is None:
+        yield
+        return
+    from delib.pgrun import checkpoint_pool as pool
+
+    async with pool(dsn, size):
+        yield

@@ -81,3 +81,40 @@ def delib_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
         cwd=cwd,
         preexec_fn=_interruptible,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session, in a temporary folder on loopback. Without the
+    server binaries or psycopg the tests that need it skip, unless DELIB_REQUIRE_POSTGRES=1
+    (CI), which makes them fail."""
+    from delib.pgtemp import find_bin
+
+    missing = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing = "psycopg is not installed (pip install '.[cluster]')"
+    if missing is None and find_bin() is None:
+        missing = "PostgreSQL's server binaries are not installed (Debian: postgresql-15)"
+    if missing:
+        if os.environ.get("DELIB_REQUIRE_POSTGRES") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from delib.pgtemp import TempPostgres
+
+    with TempPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg(pg_server) -> str:
+    """The address of a new, empty database on the session's server."""
+    import secrets
+
+    import psycopg
+
+    name = f"delib_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.dsn.rsplit("/", 1)[0] + "/" + name
