@@ -16,7 +16,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import bakeoff, local_model, loops_cost, memory, overhead, parallel, refusals, sweep
+from bench import (
+    bakeoff,
+    local_model,
+    loops_cost,
+    memory,
+    overhead,
+    parallel,
+    refusals,
+    scale,
+    sweep,
+)
 from bench.common import ROOT, machine
 from delib.errors import DelibError
 
@@ -190,6 +200,13 @@ def report(tiny: bool) -> str:
     loops = loops_cost.measure(tiny)
     refusal = refusals.measure(tiny)
     sweeps = sweep.measure(tiny)
+    try:  # needs the cluster extra and PostgreSQL's server binaries
+        scaled: dict | None = (
+            scale.measure(8, [1], 2, tiny=True) if tiny else scale.measure(2000, [1, 2, 4], 8)
+        )
+        scale_missing = ""
+    except (ImportError, RuntimeError) as exc:
+        scaled, scale_missing = None, str(exc)
     try:
         local: dict | None = asyncio.run(local_model.measure(tiny))
         bake: list[dict] = asyncio.run(bakeoff.measure(tiny))
@@ -318,6 +335,10 @@ def report(tiny: bool) -> str:
     if local is not None:
         lines += _bakeoff_section(bake, flag)
     lines += _sweep_section(sweeps, flag)
+    if scaled is not None:
+        lines += scale.section(scaled, flag)
+    else:
+        lines += ["## 9. Scale-out: Ray and PostgreSQL", "", f"Not measured: {scale_missing}", ""]
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

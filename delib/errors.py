@@ -88,3 +88,7 @@ class UnknownModel(EndpointError):
 
 class EndpointFailed(EndpointError):
     """The server answered with errors until retries ran out, or rejected the request."""
+
+
+class StoreError(DelibError, RuntimeError):
+    """The archive (a PostgreSQL database) could not be written mid-run."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from psycopg.types.json import Json, Jsonb
 
 from delib.archive import record_problem
 from delib.endpoints import Limits
-from delib.errors import InputError
+from delib.errors import InputError, StoreError
 from delib.index import HIT_END, HIT_START
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -65,27 +66,64 @@ class NoLock:
         pass
 
 
+# One session per database and thread carries a process's records, run locks, cell leases,
+# server slots and pool pins: a session holds any number of advisory locks, so a worker needs
+# two connections (this and the store's) plus its checkpoint pool, however many debates it runs.
+_SESSIONS: dict[tuple[str, int], psycopg.Connection] = {}
+_HELD: set[tuple[str, str]] = set()  # (dsn, key): locks this process holds on its sessions
+
+
+def session(dsn: str) -> psycopg.Connection:
+    """This thread's shared session on the database (opened again if it was lost)."""
+    key = (dsn, threading.get_ident())
+    conn = _SESSIONS.get(key)
+    if conn is None or conn.closed or conn.broken:
+        conn = _SESSIONS[key] = connect(dsn)
+    return conn
+
+
+def holds(dsn: str, key: str) -> bool:
+    """Whether this process holds the lock (the session's locks nest: never take one twice)."""
+    return (dsn, key) in _HELD
+
+
+def take(dsn: str, key: str) -> bool:
+    """Take a session advisory lock if no one holds it."""
+    if holds(dsn, key):
+        return False
+    row = (
+        session(dsn)
+        .execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (key,))
+        .fetchone()
+    )
+    if row["got"]:
+        _HELD.add((dsn, key))
+    return bool(row["got"])
+
+
+def let_go(dsn: str, key: str) -> None:
+    if (dsn, key) not in _HELD:
+        return
+    _HELD.discard((dsn, key))
+    conn = _SESSIONS.get((dsn, threading.get_ident()))
+    if conn is not None and not conn.closed and not conn.broken:
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
 class Lease:
-    """A session advisory lock on its own connection: held until released or the holder dies."""
+    """A sweep cell's lease: held until released, or until the holder's session ends."""
 
     def __init__(self, dsn: str, key: str) -> None:
-        self.conn = connect(dsn)
-        self.key = key
+        self.dsn, self.key = dsn, key
 
     def take(self) -> bool:
-        row = self.conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (self.key,)
-        ).fetchone()
-        if not row["got"]:
-            self.conn.close()
-        return bool(row["got"])
+        return take(self.dsn, self.key)
 
     def release(self) -> None:
-        if not self.conn.closed:
-            self.conn.close()  # ending the session lets go of its locks
+        let_go(self.dsn, self.key)
 
 
-def _insert_records(conn: psycopg.Connection, run_id: str, first: int, records: list[dict]) -> None:
+def _rows(run_id: str, first: int, records: list[dict]) -> list[tuple]:
     rows = []
     for seq, record in enumerate(records, first):
         problem = record_problem(record)
@@ -101,10 +139,22 @@ def _insert_records(conn: psycopg.Connection, run_id: str, first: int, records: 
                 _body(record["text"]) if is_turn else None,
             )  # fmt: skip
         )
+    return rows
+
+
+INSERT_RECORD = (
+    "INSERT INTO delib_records (run_id, seq, record, turn_index, body) VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def _insert_records(conn: psycopg.Connection, run_id: str, first: int, records: list[dict]) -> None:
+    rows = _rows(run_id, first, records)
+    if len(rows) == 1:
+        conn.execute(INSERT_RECORD, rows[0])
+        return
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO delib_records (run_id, seq, record, turn_index, body) "
-            "VALUES (%s, %s, %s, %s, %s)",
+            INSERT_RECORD,
             rows,
         )
 
@@ -115,6 +165,28 @@ def _body(text: str) -> str:
     return text.replace("\x00", " ").replace(HIT_START, " ").replace(HIT_END, " ")
 
 
+def _lost(dsn: str, run_id: str, exc: BaseException) -> StoreError:
+    reason = " ".join(str(exc).split())[:300]
+    return StoreError(
+        f"lost the PostgreSQL archive {redact(dsn)} ({reason}); the finished turns of run "
+        f"{run_id} are committed: 'delib resume {run_id}' goes on once the server is back"
+    )
+
+
+def _writes(method: Any) -> Any:
+    """A write that fails on the database's side is one line (``StoreError``)."""
+
+    def wrapper(self: PgRun, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except psycopg.Error as exc:
+            raise _lost(self.dsn, self.run_id, exc) from None
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class PgRun:
     """One run in the database, open for writing: what ``RunFolder`` is for a folder."""
 
@@ -122,7 +194,7 @@ class PgRun:
         self.dsn = dsn
         self.run_id = run_id
         self.path = None
-        self.conn = connect(dsn)
+        self.conn = session(dsn)
         row = self.conn.execute(
             "SELECT coalesce(max(seq) + 1, 0) AS n FROM delib_records WHERE run_id = %s",
             (run_id,),
@@ -131,11 +203,7 @@ class PgRun:
         self._locked = False
 
     def lock(self) -> None:
-        key = _lock_key("run", self.run_id)
-        row = self.conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (key,)
-        ).fetchone()
-        if not row["got"]:
+        if not take(self.dsn, _lock_key("run", self.run_id)):
             raise InputError(
                 f"run {self.run_id} is running in another process; wait for it or stop it first"
             )
@@ -144,12 +212,14 @@ class PgRun:
     def repair(self) -> int:
         return 0  # a record is one committed row: nothing can be half-written
 
+    @_writes
     def rewrite(self, records: list[dict]) -> None:
         with self.conn.transaction():
             self.conn.execute("DELETE FROM delib_records WHERE run_id = %s", (self.run_id,))
             _insert_records(self.conn, self.run_id, 0, records)
         self._next = len(records)
 
+    @_writes
     def inflight_start(self, index: int, header: dict) -> None:
         self.conn.execute(
             "INSERT INTO delib_inflight VALUES (%s, %s, %s) "
@@ -160,12 +230,14 @@ class PgRun:
     def inflight_text(self, index: int, text: str) -> None:
         pass  # streamed text goes to the terminal; the database keeps finished turns
 
+    @_writes
     def inflight_done(self, index: int) -> None:
         self.conn.execute(
             "DELETE FROM delib_inflight WHERE run_id = %s AND turn_index = %s",
             (self.run_id, index),
         )
 
+    @_writes
     def take_inflight(self) -> list[dict]:
         rows = self.conn.execute(
             "DELETE FROM delib_inflight WHERE run_id = %s RETURNING header", (self.run_id,)
@@ -173,20 +245,27 @@ class PgRun:
         found = [{**r["header"], "partial_chars": 0} for r in rows]
         return sorted(found, key=lambda e: e.get("index", -1))
 
+    @_writes
     def append(self, record: dict) -> None:
         """Add one turn or event; committed when this returns."""
         _insert_records(self.conn, self.run_id, self._next, [record])
         self._next += 1
 
+    @_writes
     def add_turn(self, record: dict) -> None:
-        """A finished turn and the end of its in-flight row, in one round trip."""
-        with self.conn.transaction():
-            self.append(record)
-            self.inflight_done(record["index"])
+        """A finished turn and the end of its in-flight row: one statement, one round trip."""
+        (row,) = _rows(self.run_id, self._next, [record])
+        self.conn.execute(
+            "WITH done AS (DELETE FROM delib_inflight WHERE run_id = %s AND turn_index = %s) "
+            + INSERT_RECORD,
+            (self.run_id, record["index"], *row),
+        )
+        self._next += 1
 
     def sync(self) -> None:
         pass  # every record is committed as it is appended
 
+    @_writes
     def write_manifest(self, manifest: dict) -> None:
         self.conn.execute(
             "UPDATE delib_runs SET manifest = %s WHERE run_id = %s",
@@ -199,6 +278,7 @@ class PgRun:
     def close_turns(self) -> None:
         pass
 
+    @_writes
     def drop_checkpoints(self) -> None:
         with self.conn.transaction():
             for table in CHECKPOINT_TABLES:
@@ -228,13 +308,16 @@ class PgRun:
             await conn.close()
 
     def close(self) -> None:
-        self.conn.close()  # ends the session: the run's lock is let go
+        if self._locked:
+            self._locked = False
+            let_go(self.dsn, _lock_key("run", self.run_id))
 
 
 _POOLS: dict[str, Any] = {}
 _SHARED: dict[int, Any] = {}
 SHARED_SAVER = False  # one saver for every run of a process (measured, not used)
-POOL_SIZE: int | None = None  # connections in the checkpoint pool (None: one per debate at once)
+POOL_SIZE: int | None = None  # connections in the checkpoint pool (None: see POOL_MAX)
+POOL_MAX = 4  # debates at once share at most this many (1 or 16 measured alike: benchmarks)
 
 
 @asynccontextmanager
@@ -245,7 +328,7 @@ async def checkpoint_pool(dsn: str, size: int) -> AsyncIterator[None]:
     pool = AsyncConnectionPool(
         dsn,
         min_size=1,
-        max_size=max(1, POOL_SIZE or size),
+        max_size=max(1, POOL_SIZE or min(size, POOL_MAX)),
         open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
@@ -268,14 +351,14 @@ class Slots(Limits):
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
-        self.conn = connect(dsn)
+        self.conn = session(dsn)
         self.held: set[str] = set()  # this session's slots (a session's locks nest: skip them)
 
     def semaphore(self, base_url: str, limit: int) -> Any:
         return _Slot(self, base_url.rstrip("/"), limit)
 
     def close(self) -> None:
-        self.conn.close()
+        pass  # the session is the process's; every slot was given back as its reply ended
 
 
 class _Slot:

@@ -41,6 +41,7 @@ from delib.pgrun import (
     _insert_records,
     _lock_key,
     connect,
+    holds,
     redact,
 )
 from delib.records import now
@@ -221,7 +222,8 @@ class PgStore:
         return [r["record"] for r in rows]
 
     def running(self, run_id: str) -> bool:
-        return self._held(_lock_key("run", run_id))
+        key = _lock_key("run", run_id)
+        return holds(self.dsn, key) or self._held(key)
 
     def _held(self, key: str) -> bool:
         """Whether another session holds this advisory lock (tried and let go at once)."""
@@ -394,6 +396,17 @@ class PgStore:
         ).fetchall()
         return [r["entry"] for r in rows if isinstance(r["entry"].get("cell"), str)]
 
+    def in_flight(self, name: str) -> int:
+        """Cells of the sweep started and not yet ended, by the ledger: cheap, for a progress
+        line (a start whose worker died is counted until the sweep is run again)."""
+        row = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE entry ->> 'outcome' = 'started') - "
+            "count(*) FILTER (WHERE entry ->> 'outcome' IN ('finished', 'failed')) AS n "
+            "FROM delib_ledger WHERE name = %s",
+            (name,),
+        ).fetchone()
+        return max(0, row["n"] or 0)
+
     def limits(self) -> Slots:
         """Each server's ``max_concurrency``, held across every process on this database."""
         return Slots(self.dsn)
@@ -405,4 +418,4 @@ class PgStore:
     def claim(self, sweep: str, cell: str) -> Lease | None:
         """The lease of one sweep cell, or None if another worker holds it."""
         lease = Lease(self.dsn, _lock_key(f"cell:{sweep}", cell))
-        return lease if lease.take() else None
+        return lease if lease.take() else None  # another worker (or coroutine) has it

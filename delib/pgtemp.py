@@ -71,6 +71,10 @@ class TempPostgres:
             os.chmod(self.root, 0o755)
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8")
+        self._start()
+        return self
+
+    def _start(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
             f"-c max_connections={self.max_connections} -c fsync=on"
@@ -79,7 +83,13 @@ class TempPostgres:
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
             "-w", "-t", "60", "start",
         )  # fmt: skip
-        return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (``unpause`` starts it again on the same port)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def unpause(self) -> None:
+        self._start()
 
     def stop(self) -> None:
         try:

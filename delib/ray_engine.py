@@ -153,7 +153,7 @@ def run_on_ray(
                 progress.tokens += result["tokens"]
                 for key, run_id, error in result["finished"]:
                     progress.finished.append((by_key[key], run_id, error))
-            progress.running = sum(1 for s in status(store, sweep) if s.state == "running")
+            progress.running = store.in_flight(sweep.name)
             report(progress)
     finally:
         for ref in pending:

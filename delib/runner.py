@@ -27,7 +27,7 @@ from langgraph.errors import GraphRecursionError
 from delib.archive import RunFolder
 from delib.config import Overrides
 from delib.endpoints import Clients, Limits
-from delib.errors import DelibError
+from delib.errors import DelibError, StoreError
 from delib.graph import compile_graph
 from delib.local import LocalServer
 from delib.personas import Persona
@@ -215,9 +215,12 @@ class Run:
             self._finish(folder, recorder, manifest, StopReason.interrupted, None, final)
             raise
         except Exception as exc:
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            self._finish(folder, recorder, manifest, StopReason.error, message, final)
-            raise
+            lost = _database_lost(exc, store, folder.run_id)
+            if lost is None:
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                self._finish(folder, recorder, manifest, StopReason.error, message, final)
+                raise
+            error = lost  # the checkpointer lost the database: one line, the run resumable
         message = None
         if error is not None:
             message = (
@@ -245,7 +248,12 @@ class Run:
             records: list = []
         else:
             adaptations = [dataclasses.asdict(a) for a in self.clients.adaptations()]
-            manifest = recorder.finish(stop.value, message, final.get("verdict"), adaptations)
+            try:
+                manifest = recorder.finish(stop.value, message, final.get("verdict"), adaptations)
+            except StoreError as exc:  # the database went away: the run stays resumable
+                if error is None:
+                    stop, error, message = StopReason.error, exc, str(exc)
+                manifest = {**manifest, "stop_reason": stop.value, "error": message}
             recorder.close()
             records = recorder.records
         return RunResult(
@@ -281,6 +289,15 @@ class Run:
             if self._store is not None and self._own_store:
                 self._store.close()
             self._store = None
+
+
+def _database_lost(exc: BaseException, store: Any, run_id: str) -> StoreError | None:
+    """A database archive's error from LangGraph's checkpointer, as one line; else None."""
+    if not type(exc).__module__.startswith("psycopg"):
+        return None
+    from delib.pgrun import _lost
+
+    return _lost(store.dsn, run_id, exc)
 
 
 async def _consume(run: Run, on_message: Listener | None) -> RunResult:

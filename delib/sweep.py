@@ -50,6 +50,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str | None = Field(default=None, min_length=1)
+    base_urls: list[str] | None = Field(
+        default=None, min_length=1, description="a pool of servers of one model (delib.pool)"
+    )
     endpoint: str | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, min_length=1)
     personas: dict[str, str] = Field(default_factory=dict, description="persona id -> model")
@@ -58,8 +61,11 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_server(self) -> ModelSpec:
-        if (self.base_url is None) == (self.endpoint is None):
-            raise ValueError("give exactly one of base_url and endpoint")
+        given = [self.base_url, self.base_urls, self.endpoint]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of base_url, base_urls (a pool) and endpoint")
+        if self.base_urls is not None and not self.model:
+            raise ValueError("a pool of base_urls serves one model: give its model too")
         if self.endpoint == EMBEDDED_ENDPOINT:
             # Each run would start its own llama.cpp server: several at once on a laptop.
             raise ValueError(
@@ -72,6 +78,11 @@ class ModelSpec(BaseModel):
     def name(self) -> str:
         """How reports name this model."""
         return self.label or self.model or self.endpoint or redact_url(self.base_url) or "?"
+
+    @property
+    def pool(self) -> list[str]:
+        """The servers of a pool (empty for one server or a named endpoint)."""
+        return list(self.base_urls or [])
 
     def endpoint_options(self) -> dict:
         """The run options that pick this server and model (``Overrides`` fields)."""

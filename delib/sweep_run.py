@@ -11,17 +11,19 @@ it (done, running elsewhere, or out of attempts). ``run_sweep`` carries that out
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from delib.endpoints import Limits
 from delib.errors import DelibError, InputError
+from delib.pool import ServerPool
 from delib.prepare import RunRequest
 from delib.resume import resume_request
 from delib.runner import Run, RunResult
@@ -122,7 +124,7 @@ def _request(sweep: Sweep, step: Step, archive: Any) -> tuple[RunRequest, Path |
 
 
 async def _one(
-    sweep: Sweep, step: Step, archive: Any, limits: Limits
+    sweep: Sweep, step: Step, archive: Any, limits: Limits, pool: ServerPool
 ) -> tuple[str, str | None, RunResult | None]:
     """Run one cell; (outcome, error line, result)."""
     note(archive, sweep.name, cell=step.cell.key, outcome="started", attempt=step.attempt,
@@ -130,12 +132,13 @@ async def _one(
     result: RunResult | None = None
     try:
         request, resume = _request(sweep, step, archive)
-        run = Run(request, resume=resume, limits=limits)
-        try:
-            async for _ in run.stream():
-                pass
-        finally:
-            await run.aclose()
+        async with _pinned(step, request, archive, pool):
+            run = Run(request, resume=resume, limits=limits)
+            try:
+                async for _ in run.stream():
+                    pass
+            finally:
+                await run.aclose()
         result = run.result
     except DelibError as exc:  # before the run started: no run folder
         note(archive, sweep.name, cell=step.cell.key, outcome="failed", error=str(exc))
@@ -146,6 +149,24 @@ async def _one(
     note(archive, sweep.name, cell=step.cell.key, outcome=outcome, run_id=result.run_id,
          stop_reason=result.stop_reason.value, error=result.error_message)  # fmt: skip
     return outcome, result.error_message, result
+
+
+@asynccontextmanager
+async def _pinned(step: Step, request: RunRequest, archive: Any, pool: ServerPool) -> Any:
+    """A pool model's debate speaks to one server of the pool throughout (``delib.pool``)."""
+    urls = step.cell.model.pool
+    if not urls:
+        yield
+        return
+    before = None
+    if step.run_id:  # a resume: the server it spoke to, if that one is still up
+        with suppress(DelibError):
+            old = archive.manifest(step.run_id).get("request") or {}
+            before = (old.get("overrides") or {}).get("base_url")
+    key_env = step.cell.model.api_key_env
+    async with pool.pinned(urls, os.environ.get(key_env) if key_env else None, before) as url:
+        request.overrides = dataclasses.replace(request.overrides, base_url=url)
+        yield
 
 
 def _claim(archive: Any, sweep: Sweep, step: Step, retry_failed: bool) -> tuple[Step, Any]:
@@ -219,6 +240,7 @@ async def run_steps(
     report = on_progress or (lambda p: None)
     report(progress)
     limits = archive.limits()
+    pool = ServerPool(getattr(limits, "conn", None))
     queue = iter(todo)  # workers take the next cell as they free up: no task per cell
 
     async def worker() -> None:
@@ -232,7 +254,7 @@ async def run_steps(
             progress.running += 1
             report(progress)
             try:
-                outcome, error, result = await _one(sweep, step, archive, limits)
+                outcome, error, result = await _one(sweep, step, archive, limits, pool)
             finally:
                 progress.running -= 1
                 if lease is not None:

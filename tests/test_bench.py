@@ -29,6 +29,9 @@ def test_bench_runs_in_a_tiny_configuration(tmp_path: Path) -> None:
         assert heading in text
     if os.environ.get("DELIB_REQUIRE_EMBEDDED"):
         assert "Prompt layout for prefix caching" in text and "Bounded context" in text
+    if os.environ.get("DELIB_REQUIRE_POSTGRES"):  # measured on Ray with PostgreSQL, not skipped
+        assert "## 9. Scale-out: Ray and PostgreSQL" in text
+        assert "## 9. Scale-out: Ray and PostgreSQL\n\nNot measured" not in text
     # Every table has rows of numbers.
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) >= 5

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import delib_process
 
 from delib.pgstore import PgStore
@@ -232,3 +233,72 @@ def test_many_processes_opening_a_new_database_at_once_migrate_it_once(pg):
     with ThreadPoolExecutor(8) as pool:
         counts = list(pool.map(open_and_count, range(8)))
     assert counts == [1] * 8  # one row per migration, written once
+
+
+def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_path):
+    """PostgreSQL stops while a debate is being written: one error line, no traceback, exit 1;
+    the finished turns are committed, and once the server is back the run resumes."""
+    from delib.pgtemp import TempPostgres, find_bin
+
+    if find_bin() is None:
+        pytest.skip("no PostgreSQL server binaries")
+    with TempPostgres() as pg, FakeOpenAIServer(delay=0.2) as slow:
+        proc = delib_process(*run_args(slow.base_url, pg.dsn, "--rounds", "2"))
+        store = PgStore.connect(pg.dsn)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            ids = store.run_ids()
+            if ids and len(turn_indices(store, ids[0])) >= 2:
+                break
+            time.sleep(0.05)
+        store.close()
+        pg.pause()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "lost the PostgreSQL archive" in lines[0]
+        assert "'delib resume" in lines[0]
+        pg.unpause()
+        store = PgStore.connect(pg.dsn)
+        (run_id,) = store.run_ids()
+        kept = turn_indices(store, run_id)
+        assert len(kept) >= 2 and kept == list(range(len(kept)))
+        resumed = delib_process("resume", run_id, "--archive", pg.dsn, "--json")
+        out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err
+        after = turn_indices(store, run_id)
+        assert after[: len(kept)] == kept and after == list(range(len(after)))
+        assert store.manifest(run_id)["stop_reason"] == "completed"
+        store.close()
+
+
+def test_pool_pins_are_counted_across_processes_and_freed_with_the_session(pg, server):
+    import asyncio
+
+    from delib.pgrun import connect
+    from delib.pool import ServerPool
+
+    PgStore.connect(pg).close()
+    other = "http://127.0.0.1:9/v1"
+    mine, theirs = ServerPool(connect(pg)), ServerPool(connect(pg))
+
+    async def scenario() -> None:
+        async with mine.pinned([server.base_url]) as url:
+            assert url == server.base_url
+            assert theirs.outstanding([server.base_url, other]) == {server.base_url: 1, other: 0}
+            async with mine.pinned([server.base_url]):
+                assert theirs.outstanding([server.base_url])[server.base_url] == 2
+        assert theirs.outstanding([server.base_url])[server.base_url] == 0
+        async with mine.pinned([server.base_url]):
+            mine.conn.close()  # the worker dies: its pins go with its session
+            deadline = time.monotonic() + 5  # as soon as the server has ended that session
+            while theirs.outstanding([server.base_url])[server.base_url] and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.01)
+            assert theirs.outstanding([server.base_url])[server.base_url] == 0
+
+    asyncio.run(scenario())
+    theirs.conn.close()

@@ -75,7 +75,10 @@ def test_shuffled_order_is_a_fixed_permutation_per_seed():
     ("text", "expected"),
     [
         ("scenarios: [x]\nmodels: []\n", "models"),
-        ("scenarios: [x]\nmodels:\n  - {model: m}\n", "exactly one of base_url and endpoint"),
+        (
+            "scenarios: [x]\nmodels:\n  - {model: m}\n",
+            "exactly one of base_url, base_urls (a pool) and endpoint",
+        ),
         ("scenarios: [x]\nmodels:\n  - {endpoint: e}\nseeds: [1]\nsneed: 2\n", "sneed"),
         ("scenarios: [x\n", "YAML syntax error"),
         ("scenarios: [x]\nmodels:\n  - {endpoint: embedded}\n", "delib local serve"),
@@ -270,3 +273,38 @@ def test_the_shipped_example_sweep_is_valid():
     sweep = load(Path(__file__).resolve().parents[1] / "examples" / "sweep-local.yaml")
     assert sweep.name == "local-first" and len(sweep.cells) == 4
     assert sweep.spec.prompt_layout == "compact"
+
+
+def test_a_pool_pins_each_debate_to_one_healthy_server_and_spreads_them(cli, tmp_path):
+    """A model served by two live servers and one that is down: every cell runs, each debate
+    on one server throughout, the dead one gets none, and both live ones get some."""
+    with FakeOpenAIServer(delay=0.05) as one, FakeOpenAIServer(delay=0.05) as two:
+        dead = "http://127.0.0.1:9/v1"  # the discard port: nothing answers
+        path = write(tmp_path / "p.yaml", (
+            "name: pooled\nscenarios: [alignment-difficulty]\nmodels:\n"
+            f'  - {{base_urls: ["{one.base_url}", "{dead}", "{two.base_url}"], '
+            "model: test-model}\nseeds: [1, 2, 3, 4, 5, 6, 7, 8]\nrounds: 1\n"
+        ))  # fmt: skip
+        code, out, err = cli("sweep", "run", str(path), "--archive", "arch", "--concurrency", "4")
+        assert code == 0, err
+        runs = [m for ms in finished_runs(Path("arch"), "pooled").values() for m in ms]
+        assert len(runs) == 8 and all(m["stop_reason"] == "completed" for m in runs)
+        used = [m["request"]["overrides"]["base_url"] for m in runs]
+        assert set(used) == {one.base_url, two.base_url}  # both live ones, never the dead one
+        for manifest in runs:  # pinned: every speaker of a debate on the same server
+            assert len({e["base_url"] for e in manifest["endpoints"]}) == 1
+        # Every chat request went to the server its debate was pinned to.
+        chats = [len(s.chat_requests()) for s in (one, two)]
+        turns = [sum(m["turns"] for m, u in zip(runs, used, strict=True) if u == s.base_url)
+                 for s in (one, two)]  # fmt: skip
+        assert all(c >= t for c, t in zip(chats, turns, strict=True))
+
+
+def test_a_pool_with_no_live_server_fails_each_cell_in_one_line(cli, tmp_path):
+    path = write(tmp_path / "p.yaml", (
+        "name: dead\nscenarios: [alignment-difficulty]\nmodels:\n"
+        '  - {base_urls: ["http://127.0.0.1:9/v1"], model: test-model}\nrounds: 1\n'
+    ))  # fmt: skip
+    code, out, err = cli("sweep", "run", str(path), "--archive", "arch")
+    assert code == 1
+    assert "no server of the pool answers GET /models" in err and "Traceback" not in err
