@@ -300,7 +300,8 @@ def section(result: dict, flag: str = "") -> list[str]:
         "in a temporary folder, `fsync` on) as the archive. Throughput is counted from the "
         "first cell started to the last finished (the ledger's times); the wall time adds the "
         "cluster's start. Write latency: a probe commits a turn every 50 ms while the sweep "
-        "runs (`PgRun.add_turn`: the turn and the end of its in-flight row, one transaction).",
+        "runs (`PgRun.add_turn`: the turn and the end of its in-flight row, one statement); "
+        "connections: the most client sessions the server had open (driver, workers, probe).",
         "",
         "| worker processes | debates at once per worker | debates | done | failed | turns | "
         "wall (s) | span (s) | debates/s | turns/s | write p50 (ms) | write p95 (ms) | "

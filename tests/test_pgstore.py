@@ -166,32 +166,22 @@ def _sweep_file(path: Path, base_url: str, seeds: int) -> Path:
 def test_two_sweep_runs_on_two_machines_split_the_cells_without_duplicates(pg, tmp_path):
     """Two ``sweep run`` processes of one file, each with its own working folder, against one
     database: every cell runs exactly once, and both take part."""
-    with FakeOpenAIServer(delay=0.05) as slow:
+    with FakeOpenAIServer(delay=0.1) as slow:
         procs = []
         for machine in ("a", "b"):
             (tmp_path / machine).mkdir()
-            path = _sweep_file(tmp_path / machine / "s.yaml", slow.base_url, seeds=8)
-            procs.append(
-                delib_process(
-                    "sweep",
-                    "run",
-                    str(path),
-                    "--archive",
-                    pg,
-                    "--concurrency",
-                    "2",
-                    cwd=tmp_path / machine,
-                )  # fmt: skip
-            )
+            path = _sweep_file(tmp_path / machine / "s.yaml", slow.base_url, seeds=12)
+            args = ["sweep", "run", str(path), "--archive", pg, "--concurrency", "2"]
+            procs.append(delib_process(*args, cwd=tmp_path / machine))
         outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     ran = [err.count("done ") for _, err in outputs]
-    assert sum(ran) == 8 and all(ran), ran  # every cell once, and both machines took some
+    assert sum(ran) == 12 and all(ran), ran  # every cell once, and both machines took some
     store = PgStore.connect(pg)
     runs = list(store.sweep_manifests("shared"))
-    assert len(runs) == 8
-    assert len({m["sweep"]["cell"] for _, m in runs}) == 8
+    assert len(runs) == 12
+    assert len({m["sweep"]["cell"] for _, m in runs}) == 12
     assert all(m["stop_reason"] == "completed" for _, m in runs)
     store.close()
 
