@@ -856,7 +856,8 @@ def transcripts_search(
         str,
         typer.Argument(
             help='Words to find (all must occur); FTS5 syntax works too: "a phrase", '
-            "word*, a OR b, NEAR(a b)."
+            "word*, a OR b, NEAR(a b). In a postgresql:// archive: words (stemmed), "
+            '"a phrase", a or b, -word.'
         ),
     ],
     limit: Annotated[int, typer.Option(min=1, help="At most this many hits.")] = 50,
