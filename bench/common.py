@@ -45,6 +45,19 @@ def fake_server(delay: float = 0.0, chunk_delay: float = 0.0, models: tuple[str,
         proc.wait(timeout=10)
 
 
+def in_fresh_process(module: str, *args: object) -> dict:
+    """Run ``python -m module args…`` (a measurement that must not inherit this process's
+    memory or state) and read the JSON it prints."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    return json.loads(out)
+
+
 def server_requests(base_url: str, clear: bool = False) -> list[dict]:
     root = base_url.rsplit("/v1", 1)[0]
     url = f"{root}/_fake/requests{'?clear' if clear else ''}"

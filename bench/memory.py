@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 
-from bench.common import ROOT, fake_server, peak_rss_mib, temp_archive
+from bench.common import fake_server, in_fresh_process, peak_rss_mib, temp_archive
 from delib.config import Overrides
 from delib.runner import RunRequest, run_debate
 
@@ -47,24 +45,8 @@ def measure(tiny: bool = False) -> list[dict]:
     rows = []
     with fake_server(delay=0.05) as base_url:
         for n in counts:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.memory",
-                    "--debates",
-                    str(n),
-                    "--base-url",
-                    base_url,
-                    "--rounds",
-                    str(rounds),
-                ],  # fmt: skip
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                check=True,
-            ).stdout
-            row = json.loads(out)
+            row = in_fresh_process("bench.memory", "--debates", n, "--base-url", base_url,
+                                   "--rounds", rounds)  # fmt: skip
             row["per_debate_mib"] = round((row["peak_rss_mib"] - row["baseline_mib"]) / n, 2)
             rows.append(row)
     return rows

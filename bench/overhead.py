@@ -16,7 +16,14 @@ import json
 
 from openai import AsyncOpenAI
 
-from bench.common import Stopwatch, fake_server, median, server_requests, temp_archive
+from bench.common import (
+    Stopwatch,
+    fake_server,
+    in_fresh_process,
+    median,
+    server_requests,
+    temp_archive,
+)
 from delib.config import Overrides
 from delib.runner import Run, RunRequest, run_debate
 
@@ -173,26 +180,10 @@ def switch_off(parts: set[str]) -> None:
 async def parts_cost(repeats: int = 3) -> list[dict]:
     """CPU per turn of a 41-turn debate at zero latency with parts switched off, one set per
     fresh process (``--off``), side by side."""
-    import subprocess
-    import sys
-
     rows = []
     for off in ("", *PARTS, ",".join(PARTS)):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.overhead",
-                "--off",
-                off or "none",
-                "--repeats",
-                str(repeats),
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        rows.append(json.loads(out))
+        rows.append(in_fresh_process("bench.overhead", "--off", off or "none",
+                                     "--repeats", repeats))  # fmt: skip
     return rows
 
 

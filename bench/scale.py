@@ -68,6 +68,13 @@ def _spec(urls: list[str], debates: int, concurrency: int) -> Any:
     )
 
 
+def probe_turn(index: int) -> dict:
+    """A turn of about the usual length, for timing a commit."""
+    return {"type": "turn", "index": index, "round": 0, "speaker": "probe", "name": "Probe",
+            "role": "probe", "kind": "statement",
+            "text": "a turn of about the usual length " * 12}  # fmt: skip
+
+
 class Probe:
     """Commits one turn every ``every`` seconds into a scratch run, on a thread of its own;
     ``stop`` gives the commit latencies."""
@@ -86,9 +93,7 @@ class Probe:
     def _loop(self) -> None:
         index = 0
         while not self.halt.is_set():
-            record = {"type": "turn", "index": index, "round": 0, "speaker": "probe",
-                      "name": "Probe", "role": "probe", "kind": "statement",
-                      "text": "a turn of about the usual length " * 12}  # fmt: skip
+            record = probe_turn(index)
             self.handle.inflight_start(index, {"speaker": "probe", "kind": "statement"})
             started = time.perf_counter()
             self.handle.add_turn(record)
@@ -186,9 +191,7 @@ def idle_writes(server: Any, n: int = 400) -> dict:
     folder = RunFolder.create(temp_archive(), "probe")
     samples = []
     for index in range(n):
-        record = {"type": "turn", "index": index, "round": 0, "speaker": "probe",
-                  "name": "Probe", "role": "probe", "kind": "statement",
-                  "text": "a turn of about the usual length " * 12}  # fmt: skip
+        record = probe_turn(index)
         folder.inflight_start(index, {"speaker": "probe", "kind": "statement"})
         started = time.perf_counter()
         folder.append(record)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 import time
 
-from bench.common import ROOT, fake_server, peak_rss_mib, temp_archive
+from bench.common import fake_server, in_fresh_process, peak_rss_mib, temp_archive
 from delib.sweep import SweepSpec, expand
 from delib.sweep_run import run_sweep
 
@@ -55,24 +53,8 @@ def measure(tiny: bool = False) -> list[dict]:
     rows = []
     with fake_server() as base_url:
         for concurrency in (1, 8) if tiny else (1, 8, 32):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.sweep",
-                    "--cells",
-                    str(cells),
-                    "--concurrency",
-                    str(concurrency),
-                    "--base-url",
-                    base_url,
-                ],  # fmt: skip
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            ).stdout
-            rows.append(json.loads(out))
+            args = ["--cells", cells, "--concurrency", concurrency, "--base-url", base_url]
+            rows.append(in_fresh_process("bench.sweep", *args))
     return rows
 
 

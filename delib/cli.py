@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from delib import __version__
-from delib.cli_sweep import compare_cmd, sweep_app
+from delib.cli_sweep import ArchiveOpt, compare_cmd, sweep_app
 from delib.config import (
     CLI_ENDPOINT,
     EMBEDDED_ENDPOINT,
@@ -143,14 +143,6 @@ ChatFormatOpt = Annotated[
         "--chat-format",
         help="llama-cpp-python chat format for the local server (e.g. gemma, chatml); "
         "default: the file's own template, else one for its model family.",
-    ),
-]
-ArchiveOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--archive",
-        help="Archive: a folder, or a postgresql:// database (default $DELIB_ARCHIVE, "
-        "$DELIB_TRANSCRIPTS or ./transcripts).",
     ),
 ]
 
@@ -747,10 +739,12 @@ def scenarios_show(
 
 # --- transcripts ------------------------------------------------------------------------------
 @contextmanager
-def _store(archive: str | None) -> Iterator[Any]:
-    """The archive (a folder or a database), which must exist, closed afterwards."""
-    store = open_store(archive).require()
+def _store(archive: str | None, must_exist: bool = True) -> Iterator[Any]:
+    """The archive (a folder or a database), closed afterwards; it must exist unless told."""
+    store = open_store(archive)
     try:
+        if must_exist:
+            store.require()
         yield store
     finally:
         store.close()
@@ -1041,7 +1035,7 @@ def archive_copy(
     runs already in the target are left as they are."""
     from delib.transfer import copy_archive
 
-    with _store(source) as src, _store_or_new(target) as dst:
+    with _store(source) as src, _store(target, must_exist=False) as dst:
         if src.location == dst.location:
             raise InputError(f"{src.location} is both source and target; name another target")
         done = copy_archive(src, dst, run)
@@ -1057,15 +1051,6 @@ def archive_copy(
     )
     if done.skipped:
         raise typer.Exit(EXIT_ERROR)
-
-
-@contextmanager
-def _store_or_new(archive: str) -> Iterator[Any]:
-    store = open_store(archive)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

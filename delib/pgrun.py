@@ -165,7 +165,7 @@ def _body(text: str) -> str:
     return text.replace("\x00", " ").replace(HIT_START, " ").replace(HIT_END, " ")
 
 
-def _lost(dsn: str, run_id: str, exc: BaseException) -> StoreError:
+def lost_error(dsn: str, run_id: str, exc: BaseException) -> StoreError:
     reason = " ".join(str(exc).split())[:300]
     return StoreError(
         f"lost the PostgreSQL archive {redact(dsn)} ({reason}); the finished turns of run "
@@ -180,7 +180,7 @@ def _writes(method: Any) -> Any:
         try:
             return method(self, *args)
         except psycopg.Error as exc:
-            raise _lost(self.dsn, self.run_id, exc) from None
+            raise lost_error(self.dsn, self.run_id, exc) from None
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__

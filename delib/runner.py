@@ -215,7 +215,7 @@ class Run:
             self._finish(folder, recorder, manifest, StopReason.interrupted, None, final)
             raise
         except Exception as exc:
-            lost = _database_lost(exc, store, folder.run_id)
+            lost = _databaselost_error(exc, store, folder.run_id)
             if lost is None:
                 message = f"internal error: {type(exc).__name__}: {exc}"
                 self._finish(folder, recorder, manifest, StopReason.error, message, final)
@@ -291,13 +291,13 @@ class Run:
             self._store = None
 
 
-def _database_lost(exc: BaseException, store: Any, run_id: str) -> StoreError | None:
+def _databaselost_error(exc: BaseException, store: Any, run_id: str) -> StoreError | None:
     """A database archive's error from LangGraph's checkpointer, as one line; else None."""
     if not type(exc).__module__.startswith("psycopg"):
         return None
-    from delib.pgrun import _lost
+    from delib.pgrun import lost_error
 
-    return _lost(store.dsn, run_id, exc)
+    return lost_error(store.dsn, run_id, exc)
 
 
 async def _consume(run: Run, on_message: Listener | None) -> RunResult:

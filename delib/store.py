@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from delib.archive import (
     ARCHIVE_ENV,
@@ -46,25 +46,10 @@ def is_database(location: object) -> bool:
     return isinstance(location, str) and location.startswith(PG_SCHEMES)
 
 
-class RunHandle(Protocol):
-    """One run open for writing (``RunFolder`` or ``pgstore.PgRun``)."""
-
-    run_id: str
-    path: Path | None
-
-    def lock(self) -> None: ...
-    def append(self, record: dict) -> None: ...
-    def write_manifest(self, manifest: dict) -> None: ...
-    def close(self) -> None: ...
-
-
-class Store(Protocol):
-    location: str
-
-    def find(self, wanted: str) -> str: ...
-    def manifest(self, run_id: str) -> dict: ...
-    def records(self, run_id: str) -> list[dict]: ...
-    def running(self, run_id: str) -> bool: ...
+def sweep_tag(manifest: dict) -> dict | None:
+    """The sweep and cell a run belongs to (``manifest.sweep``), or None."""
+    tag = manifest.get("sweep") or (manifest.get("request") or {}).get("sweep")
+    return tag if isinstance(tag, dict) and isinstance(tag.get("cell"), str) else None
 
 
 def location_of(flag: str | Path | None) -> str | Path:
@@ -147,6 +132,13 @@ class FolderStore:
             except DelibError:
                 continue
 
+    def sweep_manifests(self, name: str, cell: str | None = None) -> Iterator[tuple[str, dict]]:
+        """The manifests of one sweep's runs (or one cell's)."""
+        for run_id, manifest in self.manifests():
+            tag = sweep_tag(manifest)
+            if tag and tag.get("name") == name and cell in (None, tag["cell"]):
+                yield run_id, manifest
+
     def create_run(self, scenario_id: str) -> RunFolder:
         return RunFolder.create(self.path, scenario_id)
 
@@ -227,7 +219,8 @@ class FolderStore:
         with open(folder / LEDGER_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"at": now(), **entry}) + "\n")
 
-    def ledger(self, name: str) -> list[dict]:
+    def ledger(self, name: str, cell: str | None = None) -> list[dict]:
+        """The sweep's attempts (or one cell's), oldest first."""
         path = self._sweep_dir(name) / LEDGER_FILE
         if not path.exists():
             return []
@@ -238,7 +231,8 @@ class FolderStore:
             except json.JSONDecodeError:
                 continue  # a line cut off by a crash
             if isinstance(entry, dict) and isinstance(entry.get("cell"), str):
-                entries.append(entry)
+                if cell is None or entry["cell"] == cell:
+                    entries.append(entry)
         return entries
 
     def limits(self) -> Any:

@@ -37,7 +37,7 @@ from delib.personas import ID_PATTERN
 from delib.prepare import RunRequest
 from delib.records import now
 from delib.scenarios import Protocol
-from delib.store import open_store
+from delib.store import open_store, sweep_tag
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -259,10 +259,7 @@ class CellStatus:
 
 def ledger(archive: Any, name: str, cell: str | None = None) -> list[dict]:
     """The sweep's attempts (or one cell's), oldest first."""
-    store = open_store(archive)
-    if hasattr(store, "sweep_manifests"):  # a database picks the cell's rows itself
-        return store.ledger(name, cell)
-    return [e for e in store.ledger(name) if cell is None or e["cell"] == cell]
+    return open_store(archive).ledger(name, cell)
 
 
 def note(archive: Any, name: str, **entry: object) -> None:
@@ -318,12 +315,9 @@ def runs_of(archive: Any, name: str, cell: str | None = None) -> dict[str, list[
     found: dict[str, list[tuple[str, dict]]] = {}
     if not store.exists():
         return found
-    mine = getattr(store, "sweep_manifests", None)
-    for run_id, manifest in mine(name, cell) if mine else store.manifests():
-        tag = manifest.get("sweep") or (manifest.get("request") or {}).get("sweep")
-        if not (isinstance(tag, dict) and tag.get("name") == name):
-            continue
-        if isinstance(tag.get("cell"), str) and cell in (None, tag["cell"]):
+    for run_id, manifest in store.sweep_manifests(name, cell):
+        tag = sweep_tag(manifest)
+        if tag is not None:
             found.setdefault(tag["cell"], []).append((run_id, manifest))
     for runs in found.values():
         runs.sort(key=lambda item: item[1].get("started_at") or "")

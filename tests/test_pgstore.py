@@ -27,6 +27,17 @@ def turn_indices(store: PgStore, run_id: str) -> list[int]:
     return [r["index"] for r in store.records(run_id) if r["type"] == "turn"]
 
 
+def wait_for_turns(store: PgStore, proc, count: int) -> None:
+    """Until the process's run has ``count`` finished turns in the database."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        ids = store.run_ids()
+        if ids and len(turn_indices(store, ids[0])) >= count:
+            return
+        time.sleep(0.05)
+
+
 def test_a_run_in_postgres_lists_shows_searches_exports_and_deletes(cli, server, pg):
     code, out, err = cli(*run_args(server.base_url, pg))
     assert code == 0, err
@@ -86,13 +97,7 @@ def test_kill_9_in_one_process_then_resume_in_another(pg):
     with FakeOpenAIServer(delay=0.2, chunk_delay=0.01) as slow:
         proc = delib_process(*run_args(slow.base_url, pg, "--rounds", "2"))
         store = PgStore.connect(pg)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            ids = store.run_ids()
-            if ids and len(turn_indices(store, ids[0])) >= 3:
-                break
-            time.sleep(0.05)
+        wait_for_turns(store, proc, 3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         (run_id,) = store.run_ids()
@@ -235,13 +240,7 @@ def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_pat
     with TempPostgres() as pg, FakeOpenAIServer(delay=0.2) as slow:
         proc = delib_process(*run_args(slow.base_url, pg.dsn, "--rounds", "2"))
         store = PgStore.connect(pg.dsn)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            ids = store.run_ids()
-            if ids and len(turn_indices(store, ids[0])) >= 2:
-                break
-            time.sleep(0.05)
+        wait_for_turns(store, proc, 2)
         store.close()
         pg.pause()
         out, err = proc.communicate(timeout=120)
