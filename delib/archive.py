@@ -188,6 +188,11 @@ class RunFolder:
         if FSYNC_EACH_RECORD:
             self._fsync = _SYNCER.submit(os.fsync, self._turns.fileno())
 
+    def add_turn(self, record: dict) -> None:
+        """A finished turn, and the end of its in-flight file."""
+        self.append(record)
+        self.inflight_done(record["index"])
+
     def _settle(self) -> None:
         """Wait for the background fsync (the file must stay open until it has run)."""
         if self._fsync is not None:

@@ -121,7 +121,6 @@ class Recorder(MemoryLog):
         self.manifest = manifest
         self.notify = notify or (lambda text: None)
         self.index: Index | None = None
-        self._add_turn = getattr(folder, "add_turn", None)
         if archive is not None:
             try:
                 self.index = Index.open(archive)
@@ -137,13 +136,10 @@ class Recorder(MemoryLog):
         self.folder.inflight_text(index, text)
 
     def add(self, record: Record) -> None:
-        if record["type"] != "turn":
-            self.folder.append(record)
-        elif self._add_turn is not None:
-            self._add_turn(record)
+        if record["type"] == "turn":
+            self.folder.add_turn(record)
         else:
             self.folder.append(record)
-            self.folder.inflight_done(record["index"])
         super().add(record)
 
     # --- the manifest and the index ------------------------------------------------------------
