@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,29 @@ class Adaptation:
     reason: str
 
 
+# Set in the task of a request sent ahead of its step (``speaking.ask_ahead``): the event is
+# set once the request is on the wire, so the step can let LangGraph's bookkeeping run while
+# the model answers instead of in between (a connect, for one, yields to the event loop).
+SENT: ContextVar[asyncio.Event | None] = ContextVar("delib_sent", default=None)
+
+
+async def _mark_sent(request: Any) -> None:
+    """A request hook: with ``SENT`` set, ask the HTTP stack to say when the body is sent
+    (httpcore's ``trace`` request extension)."""
+    sent = SENT.get()
+    if sent is None:
+        return
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_body.complete"):
+            sent.set()
+
+    request.extensions["trace"] = trace
+
+
+HOOKS = {"request": [_mark_sent]}
+
+
 class EndpointClient:
     """Talks to one endpoint; shared by every persona that uses it in a run."""
 
@@ -105,9 +129,9 @@ class EndpointClient:
             timeout=timeout,
             default_headers=dict(cfg.headers) or None,
             # An in-process transport (delib.testing.FakeTransport) answers without a socket.
-            http_client=httpx.AsyncClient(transport=transport, timeout=timeout)
+            http_client=httpx.AsyncClient(transport=transport, timeout=timeout, event_hooks=HOOKS)
             if transport
-            else None,
+            else openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks=HOOKS),
         )
         self.fold_system = cfg.system_message == "fold"
         self.stream_usage = True

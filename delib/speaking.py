@@ -4,7 +4,8 @@ Every finished turn and event goes first to the run's log (durable when ``add`` 
 on the graph's custom stream for whoever watches. Stream messages are dicts with a ``kind``:
 
     turn_start  index, speaker, name, round, role, turn_kind[, recovered]
-    token       index, speaker, text        (streamed replies only)
+    token       index, speaker, text        (streamed replies only; chunks that arrive
+                                             together come as one message)
     retry       index, speaker, attempt, error
     turn        turn[, recovered]
     event       event
@@ -12,13 +13,15 @@ on the graph's custom stream for whoever watches. Stream messages are dicts with
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from delib import prompts
 from delib import stance as stances
-from delib.endpoints import Prompt, Reply
+from delib.endpoints import SENT, Prompt, Reply
 from delib.personas import Persona
 from delib.records import Event, Tokens, Turn, estimate_tokens, make_event, now
 from delib.refusal import classify
@@ -88,11 +91,25 @@ async def call(
     client = ctx.clients.get(settings.endpoint)
     streaming = ctx.stream if stream is None else stream
 
+    loop = asyncio.get_running_loop()
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            text = "".join(pending)
+            pending.clear()
+            ctx.log.token(index, text)
+            writer({"kind": "token", "index": index, "speaker": speaker.id, "text": text})
+
     def on_token(text: str) -> None:
-        ctx.log.token(index, text)
-        writer({"kind": "token", "index": index, "speaker": speaker.id, "text": text})
+        # Chunks that arrive together (one read from the socket) go out as one message at
+        # the end of that turn of the event loop; a chunk on its own goes out at once.
+        if not pending:
+            loop.call_soon(flush)
+        pending.append(text)
 
     def on_retry(attempt: int, error: str) -> None:
+        flush()
         message = {"kind": "retry", "index": index, "speaker": speaker.id}
         writer({**message, "attempt": attempt, "error": error})
 
@@ -100,69 +117,151 @@ async def call(
     cap = reply_cap(
         max_tokens or settings.max_tokens, prompt.chars(), settings.endpoint.config.context_tokens
     )
-    return await client.complete(
-        prompt,
-        model=model or settings.model,
-        temperature=settings.temperature if temperature is None else temperature,
-        max_tokens=cap,
-        seed=ctx.seed,
-        stream=streaming,
-        on_token=on_token if streaming else None,
-        on_retry=on_retry,
-        schema=schema,
+    try:
+        return await client.complete(
+            prompt,
+            model=model or settings.model,
+            temperature=settings.temperature if temperature is None else temperature,
+            max_tokens=cap,
+            seed=ctx.seed,
+            stream=streaming,
+            on_token=on_token if streaming else None,
+            on_retry=on_retry,
+            schema=schema,
+        )
+    finally:
+        flush()  # every token message before the turn's own
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnSpec:
+    """What a turn is spoken with: who, where in the run, what they see and are asked."""
+
+    speaker: Persona
+    index: int
+    round_no: int
+    kind: str
+    visible: list[Turn]
+    instruction: str
+    max_tokens: int | None = None
+    stream: bool | None = None
+    model: str | None = None
+    schema: tuple[str, dict[str, Any]] | None = None
+
+
+@dataclasses.dataclass
+class Asked:
+    """A turn whose request has gone out: what the turn record needs from before the reply."""
+
+    spec: TurnSpec
+    role: str
+    prompt: Prompt
+    started_at: str
+    reply: asyncio.Future[Reply] | None = None  # when asked ahead of its step
+    sent: asyncio.Event | None = None  # set once that request is on the wire
+
+
+def _start(ctx: DebateContext, spec: TurnSpec) -> dict:
+    speaker = spec.speaker
+    return {
+        "kind": "turn_start",
+        "index": spec.index,
+        "speaker": speaker.id,
+        "name": speaker.name,
+        "round": spec.round_no,
+        "role": ctx.role(speaker.id),
+        "turn_kind": spec.kind,
+    }
+
+
+def _ask(
+    ctx: DebateContext, writer: Writer, spec: TurnSpec, *, begin: bool = True
+) -> tuple[Asked, Coroutine[Any, Any, Reply]]:
+    """Announce the turn, open its in-flight record (unless ``begin`` is false) and build its
+    prompt; the model call is returned for the caller to await (or to send ahead)."""
+    start = _start(ctx, spec)
+    speaker = spec.speaker
+    if begin:
+        ctx.log.begin(spec.index, speaker.id, spec.kind)
+    writer(start)
+    settings = ctx.speakers[speaker.id]
+    prompt = build_prompt(
+        ctx, speaker, spec.visible, spec.instruction, spec.max_tokens or settings.max_tokens
     )
+    asked = Asked(spec, start["role"], prompt, now())
+    request = call(
+        ctx, writer, speaker, prompt, index=spec.index, max_tokens=spec.max_tokens,
+        stream=spec.stream, model=spec.model, schema=spec.schema,
+    )  # fmt: skip
+    return asked, request
+
+
+async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
+    """Send the request of a turn that is certain to come next, before its step begins, and
+    return once it is on the wire (or has already finished, or failed: the step that takes it
+    up reports that). The step in between (LangGraph's commit and checkpoint of the one that
+    planned it) then runs while the model answers. ``speak_turn`` for the same index, speaker
+    and kind picks the reply up; ``cancel_ahead`` drops one never picked up. The turn's
+    in-flight record is opened once the request is out, before any of the reply is read."""
+    if spec.index in ctx.recovered or spec.index in ctx.ahead:
+        return
+    asked, request = _ask(ctx, writer, spec, begin=False)
+    asked.sent = asyncio.Event()
+    context = contextvars.copy_context()
+    context.run(SENT.set, asked.sent)
+    asked.reply = reply = asyncio.get_running_loop().create_task(request, context=context)
+    ctx.ahead[spec.index] = asked
+    sent = asyncio.ensure_future(asked.sent.wait())
+    try:
+        await asyncio.wait({sent, reply}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sent.cancel()
+        ctx.log.begin(spec.index, spec.speaker.id, spec.kind)
+
+
+def cancel_ahead(ctx: DebateContext) -> None:
+    """Cancel requests sent ahead whose step never came (the run stopped in between)."""
+    for asked in ctx.ahead.values():
+        if asked.reply is not None:
+            asked.reply.cancel()
+    ctx.ahead.clear()
 
 
 async def speak_turn(
-    ctx: DebateContext,
-    writer: Writer,
-    speaker: Persona,
-    *,
-    index: int,
-    round_no: int,
-    kind: str,
-    visible: list[Turn],
-    instruction: str,
-    max_tokens: int | None = None,
-    stream: bool | None = None,
-    model: str | None = None,
-    schema: tuple[str, dict[str, Any]] | None = None,
-    stance: bool = False,
+    ctx: DebateContext, writer: Writer, spec: TurnSpec, *, stance: bool = False
 ) -> Turn:
-    """Speak one turn, record it and announce it; returns the turn record. With ``stance``,
-    the reply's closing stance line is parsed and taken out of the text."""
-    start = {
-        "kind": "turn_start",
-        "index": index,
-        "speaker": speaker.id,
-        "name": speaker.name,
-        "round": round_no,
-        "role": ctx.role(speaker.id),
-        "turn_kind": kind,
-    }
+    """Speak one turn (or take the reply of one asked ahead), record it and announce it;
+    returns the turn record. With ``stance``, the reply's closing stance line is parsed and
+    taken out of the text."""
+    speaker, index, kind = spec.speaker, spec.index, spec.kind
     done = ctx.recovered.get(index)
     if done is not None and done["speaker"] == speaker.id and done["kind"] == kind:
-        writer({**start, "recovered": True})
+        writer({**_start(ctx, spec), "recovered": True})
         ctx.log.add(done)
         writer({"kind": "turn", "turn": done, "recovered": True})
         return done
-    ctx.log.begin(index, speaker.id, kind)
-    writer(start)
+    asked = ctx.ahead.pop(index, None)
+    if (
+        asked is not None
+        and asked.reply is not None
+        and ((asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind))
+    ):
+        reply = await asked.reply
+    else:
+        if asked is not None and asked.reply is not None:  # not the turn it was asked for
+            asked.reply.cancel()
+        asked, request = _ask(ctx, writer, spec)
+        reply = await request
     settings = ctx.speakers[speaker.id]
-    prompt = build_prompt(ctx, speaker, visible, instruction, max_tokens or settings.max_tokens)
-    started_at = now()
-    reply = await call(
-        ctx, writer, speaker, prompt, index=index, max_tokens=max_tokens, stream=stream,
-        model=model, schema=schema,
-    )  # fmt: skip
+    prompt = asked.prompt
     text, position = stances.split(reply.text) if stance else (reply.text, None)
     turn: Turn = {
         "type": "turn",
         "index": index,
-        "round": round_no,
+        "round": spec.round_no,
         "speaker": speaker.id,
         "name": speaker.name,
-        "role": start["role"],  # type: ignore[typeddict-item]
+        "role": asked.role,  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
         "text": text,
         "refusal": dataclasses.asdict(classify(text)),  # type: ignore[typeddict-item]
@@ -171,7 +270,7 @@ async def speak_turn(
         "tokens": token_counts(reply, prompt),
         "latency": round(reply.latency, 3),
         "finish_reason": reply.finish_reason,
-        "started_at": started_at,
+        "started_at": asked.started_at,
     }
     if position is not None:
         turn["stance"] = position

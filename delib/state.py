@@ -15,7 +15,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Protocol, TypedDict, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Protocol, TypedDict, get_args, get_origin, get_type_hints
 
 from delib.config import SpeakerSettings
 from delib.endpoints import Clients
@@ -140,6 +140,9 @@ class DebateContext:
     # Turns a killed run finished after its last checkpoint: when the resumed graph comes to
     # speak one of them again, the finished turn is used as it is (no second model call).
     recovered: Mapping[int, Turn] = field(default_factory=dict)
+    # Turns whose request went out before their step began (``speaking.ask_ahead``), by
+    # index: the run's own, never copied by ``dataclasses.replace``.
+    ahead: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def participants(self) -> list[str]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 
 import pytest
 
 from delib.config import Endpoint, EndpointConfig
-from delib.endpoints import EndpointClient, Prompt
+from delib.endpoints import SENT, EndpointClient, Prompt
 from delib.errors import AuthError, EndpointFailed, EndpointUnreachable, UnknownModel
-from delib.testing import FakeOpenAIServer, Fault
+from delib.testing import FakeOpenAIServer, FakeTransport, Fault
 
 PROMPT = Prompt(
     system="You are terse.",
@@ -212,3 +213,61 @@ def test_concurrency_cap_per_endpoint():
 
         # three 0.2 s replies one at a time cannot take less than 0.6 s
         assert asyncio.run(go()) >= 0.6
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_request_asked_ahead_says_when_it_is_on_the_wire(server: FakeOpenAIServer, stream: bool):
+    """What lets a step return while the model answers (``speaking.ask_ahead``): with
+    ``SENT`` set, the event is set once the request has been sent, long before a reply that
+    takes 2 s; without it, nothing is traced."""
+    server.delay = 2.0
+    server.enqueue("late reply")
+
+    async def go():
+        client = client_for(server.base_url)
+        sent = asyncio.Event()
+        context = contextvars.copy_context()
+        context.run(SENT.set, sent)
+        call = client.complete(
+            PROMPT, model="test-model", temperature=0.5, max_tokens=50, stream=stream
+        )
+        task = asyncio.get_running_loop().create_task(call, context=context)
+        try:
+            await asyncio.wait_for(sent.wait(), timeout=1.5)
+            assert not task.done()  # sent, not answered
+            for _ in range(100):  # the server has it (its thread records it a moment later)
+                if server.chat_requests():
+                    break
+                await asyncio.sleep(0.01)
+            assert server.chat_requests() and not task.done()
+            return (await task).text
+        finally:
+            task.cancel()
+            await client.close()
+
+    assert asyncio.run(go()) == "late reply"
+    assert SENT.get() is None
+
+
+def test_a_request_asked_ahead_in_process_completes_without_a_trace():
+    """The in-process transport traces nothing: ``until_sent`` then waits for the reply itself
+    (the step loses the overlap, not the turn)."""
+    fake = FakeTransport()
+    fake.fake.enqueue("in-process reply")
+
+    async def go():
+        client = EndpointClient(
+            Endpoint("test", EndpointConfig(base_url="http://fake/v1"), "local", None), fake
+        )
+        sent = asyncio.Event()
+        context = contextvars.copy_context()
+        context.run(SENT.set, sent)
+        call = client.complete(PROMPT, model="test-model", temperature=0.5, max_tokens=50)
+        task = asyncio.get_running_loop().create_task(call, context=context)
+        try:
+            reply = await task
+            return reply.text, sent.is_set()
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == ("in-process reply", False)

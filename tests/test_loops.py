@@ -84,6 +84,30 @@ def test_odd_input_is_classified_without_error(text: str):
     assert result.label in ("refusal", "partial", "engaged") and 0 <= result.score <= 1
 
 
+def test_the_word_start_searches_find_what_the_plain_alternations_find():
+    """``refusal._any`` tries its alternatives only where a word starts: on every labelled
+    reply here, and on the odd inputs, it finds the same first match as the plain alternation."""
+    import re
+
+    from delib import refusal
+
+    lists = {
+        refusal._strong_any: refusal._STRONG_OPENINGS,
+        refusal._buried_any: refusal._BURIED,
+        refusal._explicit_any: [*refusal._STRONG_OPENINGS, *refusal._EXPLICIT_MORE],
+        refusal._soft_any: [p for ps in refusal.SOFT_FAMILIES.values() for p in ps],
+    }
+    texts = [*REFUSALS, "'s not appropriate", "x" * 5000, "拒绝。" * 100]
+    for path in sorted(DATA.parent.glob("refusals-*.jsonl")):
+        texts += [json.loads(line)["text"] for line in path.read_text().splitlines() if line]
+    assert len(texts) > 1000
+    for fast, patterns in lists.items():
+        plain = re.compile("|".join(patterns), re.I)
+        for text in texts:
+            a, b = fast.search(text), plain.search(text)
+            assert (a and a.span()) == (b and b.span()), (fast.pattern[:40], text[:80])
+
+
 # --- detectors on synthetic turns -----------------------------------------------------------------
 def test_repetition_robust_to_small_edits():
     base = "Interpretability lets us check what the model represents before we trust its outputs."

@@ -1,0 +1,131 @@
+"""Asking ahead (``speaking.ask_ahead``): a turn's request sent before its step, taken up by
+that step, or cancelled when the step never comes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from delib.config import Endpoint, EndpointConfig, SpeakerSettings
+from delib.endpoints import Clients
+from delib.personas import Persona
+from delib.scenarios import Protocol, Scenario
+from delib.speaking import TurnSpec, ask_ahead, cancel_ahead, speak_turn
+from delib.state import DebateContext, MemoryLog
+from delib.testing import FakeOpenAIServer, FakeTransport
+
+
+class Log(MemoryLog):
+    """A memory log that also keeps what was begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun: list[tuple[int, str, str]] = []
+
+    def begin(self, index: int, speaker: str, kind: str) -> None:
+        self.begun.append((index, speaker, kind))
+
+
+def context(base_url: str, transport=None) -> DebateContext:
+    cast = {p: Persona(id=p, name=p.upper(), role="r", prompt="p") for p in ("m", "a", "b")}
+    endpoint = Endpoint("e", EndpointConfig(base_url=base_url, retry_wait=0.01), "k")
+    scenario = Scenario(id="s", title="t", question="q?", source_seed="seed", moderator="m",
+                        participants=["a", "b"])  # fmt: skip
+    return DebateContext(
+        scenario=scenario,
+        cast=cast,
+        speakers={p: SpeakerSettings(endpoint, "test-model", 0.7, 50) for p in cast},
+        clients=Clients(transport=transport),
+        protocol=Protocol.round_robin,
+        rounds=1,
+        max_rounds=None,
+        token_budget=10**6,
+        stream=False,
+        log=Log(),
+    )
+
+
+def spec(ctx: DebateContext, speaker: str, index: int = 1) -> TurnSpec:
+    return TurnSpec(ctx.cast[speaker], index=index, round_no=1, kind="statement",
+                    visible=[], instruction="Speak.")  # fmt: skip
+
+
+def test_a_turn_asked_ahead_is_taken_up_by_its_step():
+    fake = FakeOpenAIServer()
+    fake.enqueue("asked ahead")
+    ctx = context("http://fake/v1", FakeTransport(fake))
+    messages: list[dict] = []
+
+    async def go():
+        try:
+            await ask_ahead(ctx, messages.append, spec(ctx, "a"))
+            assert ctx.log.begun == [(1, "a", "statement")]
+            return await speak_turn(ctx, messages.append, spec(ctx, "a"))
+        finally:
+            await ctx.clients.close()
+
+    turn = asyncio.run(go())
+    assert turn["text"] == "asked ahead" and turn["speaker"] == "a"
+    assert len(fake.chat_requests()) == 1  # one request, made ahead and taken up
+    assert [m["kind"] for m in messages] == ["turn_start", "turn"]
+    assert ctx.ahead == {} and ctx.log.turns == [turn]
+
+
+def test_a_step_for_another_turn_drops_what_was_asked_and_asks_again():
+    fake = FakeOpenAIServer()
+    fake.enqueue("for a")
+    fake.enqueue("for b")
+    ctx = context("http://fake/v1", FakeTransport(fake))
+
+    async def go():
+        try:
+            await ask_ahead(ctx, lambda m: None, spec(ctx, "a"))
+            return await speak_turn(ctx, lambda m: None, spec(ctx, "b"))
+        finally:
+            await ctx.clients.close()
+
+    turn = asyncio.run(go())
+    assert turn["speaker"] == "b" and turn["text"] == "for b"
+    assert len(fake.chat_requests()) == 2
+
+
+def test_a_request_whose_step_never_comes_is_cancelled(server: FakeOpenAIServer):
+    """Over HTTP: ``ask_ahead`` returns once the request is sent (the reply takes 5 s);
+    ``cancel_ahead``, as the runner calls it when a run stops, cancels it."""
+    server.delay = 5.0
+    server.enqueue("never read")
+    ctx = context(server.base_url)
+
+    async def go():
+        try:
+            started = asyncio.get_running_loop().time()
+            await ask_ahead(ctx, lambda m: None, spec(ctx, "a"))
+            waited = asyncio.get_running_loop().time() - started
+            asked = ctx.ahead[1]
+            assert not asked.reply.done() and waited < 2.5
+            cancel_ahead(ctx)
+            await asyncio.wait([asked.reply], timeout=2)
+            return asked.reply.cancelled(), dict(ctx.ahead)
+        finally:
+            await ctx.clients.close()
+
+    assert asyncio.run(go()) == (True, {})
+    assert ctx.log.begun == [(1, "a", "statement")]  # it was in flight: the archive says so
+
+
+def test_a_recovered_turn_is_not_asked_ahead():
+    fake = FakeOpenAIServer()
+    ctx = context("http://fake/v1", FakeTransport(fake))
+    done = {"type": "turn", "index": 1, "speaker": "a", "kind": "statement", "text": "kept",
+            "round": 1, "role": "participant"}  # fmt: skip
+    ctx = dataclasses.replace(ctx, recovered={1: done})
+
+    async def go():
+        try:
+            await ask_ahead(ctx, lambda m: None, spec(ctx, "a"))
+            return await speak_turn(ctx, lambda m: None, spec(ctx, "a"))
+        finally:
+            await ctx.clients.close()
+
+    assert asyncio.run(go()) is done
+    assert fake.chat_requests() == [] and ctx.ahead == {}
