@@ -29,13 +29,20 @@ from delib.config import Overrides
 from delib.runner import Run, RunRequest, run_debate
 
 SCENARIO = "alignment-difficulty"  # moderator + 3 participants: 4 turns a round after the first
+# Not looked at while the overhead was cut: other personas with a stance line to parse, and
+# the moderator choosing each speaker (a choice is a call of its own, and not asked ahead).
+HELD_OUT = ("cot-faithfulness", "corrigibility")
 
 
 def debate_request(
-    base_url: str, rounds: int, stream: bool, archive: Path | None = None
+    base_url: str,
+    rounds: int,
+    stream: bool,
+    archive: Path | None = None,
+    scenario: str = SCENARIO,
 ) -> RunRequest:
     return RunRequest(
-        scenario=SCENARIO,
+        scenario=scenario,
         overrides=Overrides(base_url=base_url, model="test-model"),
         rounds=rounds,
         token_budget=10**9,
@@ -45,9 +52,13 @@ def debate_request(
 
 
 async def delib_once(
-    base_url: str, rounds: int, stream: bool, archive: Path | None = None
+    base_url: str,
+    rounds: int,
+    stream: bool,
+    archive: Path | None = None,
+    scenario: str = SCENARIO,
 ) -> tuple[Stopwatch, int, list]:
-    run = Run(debate_request(base_url, rounds, stream, archive))
+    run = Run(debate_request(base_url, rounds, stream, archive, scenario))
     watch = Stopwatch()
     try:
         async for message in run.stream():
@@ -78,7 +89,9 @@ async def bare_once(base_url: str, bodies: list[dict]) -> Stopwatch:
     return watch
 
 
-async def measure_at(delay: float, rounds: int, repeats: int, stream: bool) -> dict:
+async def measure_at(
+    delay: float, rounds: int, repeats: int, stream: bool, scenario: str = SCENARIO
+) -> dict:
     """``repeats`` alternating pairs after one pair not counted (first-use costs: the graph
     compiled, the archive's index created), every delib run into the same archive, as a user's
     runs go into ./transcripts. The extra time is the median of the pairs' differences."""
@@ -87,7 +100,7 @@ async def measure_at(delay: float, rounds: int, repeats: int, stream: bool) -> d
         walls, bare_walls, cpus, bare_cpus = [], [], [], []
         turns = requests = 0
         for n in range(repeats + 1):
-            watch, turns, bodies = await delib_once(base_url, rounds, stream, archive)
+            watch, turns, bodies = await delib_once(base_url, rounds, stream, archive, scenario)
             bare = await bare_once(base_url, bodies)
             if n == 0:
                 continue
@@ -99,6 +112,7 @@ async def measure_at(delay: float, rounds: int, repeats: int, stream: bool) -> d
     pairs = list(zip(walls, bare_walls, strict=True))
     ratio = median([w / b for w, b in pairs])
     return {
+        "scenario": scenario,
         "reply_latency_s": delay,
         "stream": stream,
         "turns": turns,
@@ -109,6 +123,7 @@ async def measure_at(delay: float, rounds: int, repeats: int, stream: bool) -> d
         "delib_cpu_ms_per_turn": round(median(cpus) / turns * 1000, 2),
         "bare_cpu_ms_per_request": round(median(bare_cpus) / max(requests, 1) * 1000, 2),
         "extra_ms_per_turn": round(median([w - b for w, b in pairs]) / turns * 1000, 2),
+        "extra_ms_per_call": round(median([w - b for w, b in pairs]) / requests * 1000, 2),
     }
 
 
@@ -119,6 +134,8 @@ async def measure(tiny: bool = False) -> list[dict]:
     for delay in (0.05, 0.25):
         for stream in (True, False):
             rows.append(await measure_at(delay, 10, 5, stream))
+    for scenario in HELD_OUT:
+        rows.append(await measure_at(0.05, 10, 5, True, scenario))
     return rows
 
 

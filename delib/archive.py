@@ -44,10 +44,13 @@ LOCK_FILE = "lock"
 # The fsync runs on one background thread so the debate does not wait for the disk (about half
 # a millisecond a turn here); closing the file waits for it. Runs fsync at their end either way.
 FSYNC_EACH_RECORD = True
-# Inside an event loop the fsync starts this long after the append: waking the thread costs
-# about 0.15 ms, which would otherwise fall between a turn and the request for the next one.
-# One fsync covers every line appended before it starts.
-FSYNC_DELAY = 0.01
+# Inside an event loop the fsync starts this long after the append, and a finished turn's
+# in-flight file is removed this long after the turn is written: waking the fsync thread costs
+# about 0.15 ms and removing a file about 0.05 ms, which would otherwise fall between a turn
+# and the request for the next one. One fsync covers every line appended before it starts. A
+# run killed in between leaves the in-flight file of a turn that is in turns.jsonl: resume
+# drops it (``resume.apply``).
+AFTER_DELAY = 0.01
 # A turn being streamed is flushed to its in-flight file at most this often: replies that come
 # in a burst cost one write, not one per chunk; a slow stream is still flushed chunk by chunk.
 INFLIGHT_FLUSH_EVERY = 0.02
@@ -79,7 +82,9 @@ class RunFolder:
         self.run_id = path.name
         self._turns = None
         self._fsync: Future | None = None  # the latest background fsync of turns.jsonl
-        self._fsync_timer: asyncio.TimerHandle | None = None  # one due to start (FSYNC_DELAY)
+        self._later: asyncio.TimerHandle | None = None  # ``_after`` due (AFTER_DELAY)
+        self._fsync_due = False
+        self._finished: list[int] = []  # finished turns whose in-flight files are still there
         self._flushed: dict[int, float] = {}  # in-flight file -> when it was last flushed
         self._lock = None
         self._inflight: dict[int, object] = {}
@@ -148,6 +153,8 @@ class RunFolder:
 
     # --- turns being spoken ----------------------------------------------------------------
     def inflight_start(self, index: int, header: dict) -> None:
+        if self._finished:
+            self._drop_finished()
         if self._inflight_dir is None:
             self._inflight_dir = self.path / INFLIGHT_DIR
             self._inflight_dir.mkdir(exist_ok=True)
@@ -174,7 +181,13 @@ class RunFolder:
         handle = self._inflight.pop(index, None)
         if handle is not None:
             handle.close()
-        (self.path / INFLIGHT_DIR / f"{index}.partial").unlink(missing_ok=True)
+        self._finished.append(index)
+        self._soon()
+
+    def _drop_finished(self) -> None:
+        for index in self._finished:
+            (self.path / INFLIGHT_DIR / f"{index}.partial").unlink(missing_ok=True)
+        self._finished.clear()
 
     def take_inflight(self) -> list[dict]:
         """Turns a dead process left half spoken: header fields plus ``partial_chars``;
@@ -201,18 +214,28 @@ class RunFolder:
             self._turns = open(self.path / TURNS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._turns.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._turns.flush()
-        if FSYNC_EACH_RECORD and self._fsync_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._start_fsync()
-            else:
-                self._fsync_timer = loop.call_later(FSYNC_DELAY, self._start_fsync)
+        if FSYNC_EACH_RECORD:
+            self._fsync_due = True
+            self._soon()
 
-    def _start_fsync(self) -> None:
-        self._fsync_timer = None
-        if self._turns is not None:
+    def _soon(self) -> None:
+        """Have ``_after`` run AFTER_DELAY from now inside an event loop, else now."""
+        if self._later is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._after()
+        else:
+            self._later = loop.call_later(AFTER_DELAY, self._after)
+
+    def _after(self) -> None:
+        """Remove finished turns' in-flight files and start the fsync that is due."""
+        self._later = None
+        self._drop_finished()
+        if self._fsync_due and self._turns is not None:
             self._fsync = _SYNCER.submit(os.fsync, self._turns.fileno())
+        self._fsync_due = False
 
     def add_turn(self, record: dict) -> None:
         """A finished turn, and the end of its in-flight file."""
@@ -220,10 +243,11 @@ class RunFolder:
         self.inflight_done(record["index"])
 
     def _settle(self) -> None:
-        """Start a due fsync now and wait for it (the file must stay open until it has run)."""
-        if self._fsync_timer is not None:
-            self._fsync_timer.cancel()
-            self._start_fsync()
+        """Do now what was due later, and wait for the fsync (the file must stay open until it
+        has run)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._after()
         if self._fsync is not None:
             self._fsync.result()
             self._fsync = None

@@ -97,8 +97,8 @@ async def checkpoints(run: Any) -> AsyncIterator[Any]:
         return
     conn = sqlite3.connect(str(run.checkpoint_path), check_same_thread=False)
     try:
+        conn.execute("PRAGMA synchronous=NORMAL")  # first: the switch to WAL then syncs less
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         yield RunSaver(conn)
     finally:
         conn.close()

@@ -71,6 +71,8 @@ def kept_chars(params: dict[str, Any]) -> int:
 
 def clean(text: str) -> str:
     """Text that can be written as UTF-8: lone surrogates become U+FFFD."""
+    if text.isascii():  # most chunks: no search needed
+        return text
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 

@@ -297,3 +297,30 @@ def test_kill_9_during_a_simultaneous_round(tmp_path: Path, slow_server: FakeOpe
     assert len(turn_sequence(folder)) == len(expected)  # no repeats
     discarded = [r for r in records(folder) if r.get("event") == "turn_discarded"]
     assert 3 in [e["turn"] for e in discarded]
+
+
+def test_the_in_flight_file_of_a_finished_turn_is_dropped_without_a_trace(tmp_path: Path):
+    """A finished turn's in-flight file goes a moment after the turn is written
+    (``archive.AFTER_DELAY``): a run killed in between leaves both. Resume keeps the turn,
+    drops the file and records nothing discarded; a turn that never finished is discarded."""
+    from delib.archive import RunFolder
+    from delib.resume import apply, reconcile
+
+    folder = RunFolder.create(tmp_path, "s")
+    folder.inflight_start(0, {"speaker": "m", "kind": "opening", "started_at": "t"})
+    turn = {"type": "turn", "index": 0, "round": 0, "speaker": "m", "kind": "opening",
+            "role": "moderator", "text": "Open.", "tokens": {"prompt": 1}}  # fmt: skip
+    folder.add_turn(turn)  # outside an event loop the file goes at once: put it back
+    (folder.path / "inflight" / "0.partial").write_text('{"index": 0, "speaker": "m"}\nOpen.')
+    folder.inflight_start(1, {"speaker": "a", "kind": "statement", "started_at": "t"})
+    folder.inflight_text(1, "half a")
+    folder.close()  # the process dies here: both files stay
+
+    plan = reconcile(folder.run_id, [turn], {"count": 1}, True, ["e"])
+    apply(RunFolder(folder.path), plan)
+    events = [r for r in records(folder.path) if r["type"] == "event"]
+    assert [(e["event"], e.get("turn")) for e in events] == [
+        ("turn_discarded", 1),
+        ("resumed", None),
+    ]
+    assert not (folder.path / "inflight").exists()
