@@ -176,7 +176,7 @@ PARTS = ("inflight", "checkpoints", "index", "fsync", "loops")
 def switch_off(parts: set[str]) -> None:
     """Replace parts of delib's archiving with no-ops, to see what each costs (never in a
     real run: these are what make a run resumable and searchable)."""
-    from contextlib import contextmanager
+    from contextlib import asynccontextmanager
 
     from langgraph.checkpoint.memory import InMemorySaver
 
@@ -192,8 +192,8 @@ def switch_off(parts: set[str]) -> None:
             setattr(archive.RunFolder, name, lambda *a: None)
     if "checkpoints" in parts:
 
-        @contextmanager
-        def memory(folder):
+        @asynccontextmanager
+        async def memory(folder):
             yield InMemorySaver()
 
         runner.checkpoints = memory

@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from bench.common import fake_server, median, temp_archive
-from delib.archive import read_records
 from delib.config import Overrides
+from delib.folders import read_records
 from delib.runner import RunRequest, run_debate
 from delib.scenarios import Protocol
 

@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,6 +38,7 @@ from delib.errors import FileFormatError, InputError, MissingApiKey, SettingErro
 from delib.library import format_validation_error
 from delib.personas import Persona
 from delib.scenarios import Scenario
+from delib.urls import redact_url, url_problem
 
 CONFIG_FILE = "delib.toml"
 # Many local servers need no key, but the openai client refuses to start without one.
@@ -63,32 +64,6 @@ EMBEDDED_ENDPOINT = "embedded"
 LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0")
 
 SystemMode = Literal["auto", "native", "fold"]
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be an endpoint's base URL, or None."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a bad port)
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "expected an http:// or https:// URL with a host, e.g. http://localhost:8080/v1"
-    return None
-
-
-def redact_url(url: str | None) -> str | None:
-    """``url`` with any password in it (``http://user:SECRET@host``) replaced by ``***``."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class EndpointConfig(BaseModel):

@@ -24,15 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delib import salvage
-from delib.archive import (
-    MANIFEST_FILE,
-    TURNS_FILE,
-    is_locked,
-    read_manifest,
-    read_records,
-    run_folders,
-)
+from delib.archive import MANIFEST_FILE, TURNS_FILE
 from delib.errors import DelibError, InputError
+from delib.folders import is_locked, read_manifest, read_records, run_folders
 
 INDEX_FILE = "index.sqlite"
 # Another process writing (a run adding a turn) holds the lock for milliseconds; wait for it.

@@ -20,9 +20,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
-from delib.archive import record_problem
 from delib.endpoints import Limits
 from delib.errors import InputError, StoreError
+from delib.folders import record_problem
 from delib.index import HIT_END, HIT_START
 
 CONNECT_TIMEOUT = 10  # seconds

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 import psycopg
 from psycopg.types.json import Json, Jsonb
 
-from delib.archive import manifest_problem, new_run_id
+from delib.archive import new_run_id
 from delib.errors import InputError, UnknownIdError
+from delib.folders import manifest_problem
 from delib.index import HIT_END, HIT_START, SNIPPET_TOKENS, Hit, _run_row
 from delib.pgrun import (
     CHECKPOINT_TABLES,
@@ -44,50 +45,13 @@ from delib.pgrun import (
     holds,
     redact,
 )
+from delib.pgschema import MIGRATIONS
 from delib.records import now
 from delib.store import PG_SCHEMES
 
 # The advisory locks taken while migrating ("delib"): delib's tables, then LangGraph's (another
 # key: a process waiting for the first must not be waited for by one holding the second).
 MIGRATE_LOCK = 0x64656C6962
-MIGRATIONS: tuple[str, ...] = (
-    # 1: runs, records with full-text search, in-flight turns, sweeps and their ledger
-    """
-    CREATE TABLE IF NOT EXISTS delib_runs (
-        run_id text PRIMARY KEY,
-        manifest json,
-        scenario text GENERATED ALWAYS AS (manifest #>> '{scenario,id}') STORED,
-        started_at text GENERATED ALWAYS AS (manifest ->> 'started_at') STORED,
-        created_at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE INDEX IF NOT EXISTS delib_runs_started ON delib_runs (started_at);
-    CREATE INDEX IF NOT EXISTS delib_runs_cell ON delib_runs
-        ((manifest -> 'sweep' ->> 'name'), (manifest -> 'sweep' ->> 'cell'));
-    CREATE TABLE IF NOT EXISTS delib_records (
-        run_id text NOT NULL REFERENCES delib_runs ON DELETE CASCADE,
-        seq integer NOT NULL,
-        record json NOT NULL,
-        turn_index integer,
-        body text,
-        tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', coalesce(body, ''))) STORED,
-        PRIMARY KEY (run_id, seq)
-    );
-    CREATE INDEX IF NOT EXISTS delib_records_tsv ON delib_records USING gin (tsv);
-    CREATE TABLE IF NOT EXISTS delib_inflight (
-        run_id text NOT NULL REFERENCES delib_runs ON DELETE CASCADE,
-        turn_index integer NOT NULL,
-        header jsonb NOT NULL,
-        PRIMARY KEY (run_id, turn_index)
-    );
-    CREATE TABLE IF NOT EXISTS delib_sweeps (name text PRIMARY KEY, record jsonb NOT NULL);
-    CREATE TABLE IF NOT EXISTS delib_ledger (
-        seq bigserial PRIMARY KEY,
-        name text NOT NULL,
-        entry jsonb NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS delib_ledger_cell ON delib_ledger (name, (entry ->> 'cell'), seq);
-    """,
-)
 
 
 class PgStore:

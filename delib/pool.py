@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from delib.config import redact_url
 from delib.errors import EndpointUnreachable
+from delib.urls import redact_url
 
 FRESH_FOR = 15.0  # seconds a healthy answer is trusted
 DOWN_FOR = 10.0  # seconds a server that did not answer is left out

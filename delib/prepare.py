@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from delib.config import Config, Overrides, Resolver, SpeakerSettings, redact_url
+from delib.config import Config, Overrides, Resolver, SpeakerSettings
 from delib.endpoints import Clients
 from delib.errors import SettingError
 from delib.local import DEFAULT_CTX, LocalServer
@@ -28,6 +28,7 @@ from delib.personas import Persona, persona_library
 from delib.records import SCHEMA_VERSION, Manifest
 from delib.scenarios import Protocol, Scenario, cast_for, scenario_library
 from delib.state import DEFAULT_TOKEN_BUDGET, DebateContext
+from delib.urls import redact_url
 
 Notify = Callable[[str], None]
 # Where a persona or scenario given in code (not read from a file) says it came from.

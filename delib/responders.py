@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 import zlib
 
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
@@ -103,3 +104,33 @@ def _instance(schema: dict, reply: str):
     if kind == "object":
         return {k: _instance(v, reply) for k, v in schema.get("properties", {}).items()}
     return {"array": [], "boolean": True, "integer": 0, "number": 0}.get(kind, reply.strip())
+
+
+def sse_events(
+    reply: str, model: str, finish: str, usage: dict | None, chunk_chars: int, body: dict
+) -> list[bytes]:
+    """A streamed reply as server-sent events: the text in chunks of ``chunk_chars``, the
+    finish reason, the usage if there is one and the request asked for it, then ``[DONE]``."""
+
+    def event(choices: list[dict], extra: dict | None = None) -> bytes:
+        chunk = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            **(extra or {}),
+        }
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    step = max(1, chunk_chars)
+    pieces = [reply[i : i + step] for i in range(0, len(reply), step)] or [""]
+    events = []
+    for i, piece in enumerate(pieces):
+        delta = {"content": piece} if i else {"role": "assistant", "content": piece}
+        events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
+    if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+        events.append(event([], {"usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return events

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from delib.archive import MANIFEST_FILE, TURNS_FILE, RunFolder, read_records
+from delib.archive import MANIFEST_FILE, TURNS_FILE, RunFolder
+from delib.folders import read_records
 from delib.records import SCHEMA_VERSION, token_totals
 
 REBUILT_ERROR = "manifest.json was missing; rebuilt from turns.jsonl by `delib transcripts reindex`"

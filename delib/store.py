@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from delib.archive import (
-    ARCHIVE_ENV,
-    CHECKPOINT_FILE,
-    DEFAULT_ARCHIVE,
-    RunFolder,
+from delib.archive import ARCHIVE_ENV, CHECKPOINT_FILE, DEFAULT_ARCHIVE, RunFolder
+from delib.errors import DelibError, InputError
+from delib.folders import (
     find_run,
     is_locked,
     read_manifest,
@@ -29,7 +27,6 @@ from delib.archive import (
     require_archive,
     run_folders,
 )
-from delib.errors import DelibError, InputError
 from delib.records import now
 
 if TYPE_CHECKING:

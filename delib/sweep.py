@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from delib.archive import FINISHED
-from delib.config import EMBEDDED_ENDPOINT, Overrides, redact_url
+from delib.config import EMBEDDED_ENDPOINT, Overrides
 from delib.errors import InputError
 from delib.library import load_file
 from delib.loops import LoopMode
@@ -38,6 +38,7 @@ from delib.prepare import RunRequest
 from delib.records import now
 from delib.scenarios import Protocol
 from delib.store import open_store, sweep_tag
+from delib.urls import redact_url
 
 DEFAULT_MAX_ATTEMPTS = 3
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from delib.responders import conform, debate_responder
+from delib.responders import conform, debate_responder, sse_events
 
 Responder = Callable[[dict], str]
 
@@ -253,7 +253,9 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
     if body.get("stream"):
         return Answer(
             200,
-            events=_events(fake, body, model, reply, finish, usage),
+            events=sse_events(
+                reply, model, finish, usage if fake.usage else None, fake.chunk_chars, body
+            ),
             headers={"Cache-Control": "no-cache"},
             delay=fake.delay,
             chunk_delay=fake.chunk_delay,
@@ -274,34 +276,6 @@ def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: b
     if fake.usage:
         response["usage"] = usage
     return Answer(200, response, delay=fake.delay)
-
-
-def _events(
-    fake: FakeOpenAIServer, body: dict, model: str, reply: str, finish: str, usage: dict
-) -> list[bytes]:
-    def event(choices: list[dict], extra: dict | None = None) -> bytes:
-        chunk = {
-            "id": "chatcmpl-test",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "choices": choices,
-            **(extra or {}),
-        }
-        return f"data: {json.dumps(chunk)}\n\n".encode()
-
-    step = max(1, fake.chunk_chars)
-    pieces = [reply[i : i + step] for i in range(0, len(reply), step)] or [""]
-    events = []
-    for i, piece in enumerate(pieces):
-        delta = {"content": piece} if i else {"role": "assistant", "content": piece}
-        events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
-    events.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
-    wants_usage = (body.get("stream_options") or {}).get("include_usage")
-    if fake.usage and wants_usage:
-        events.append(event([], {"usage": usage}))
-    events.append(b"data: [DONE]\n\n")
-    return events
 
 
 class _QuietServer(ThreadingHTTPServer):

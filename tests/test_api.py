@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import delib
-from delib.archive import read_manifest, read_records
 from delib.errors import EndpointFailed, SettingError, UnknownIdError
+from delib.folders import read_manifest, read_records
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.testing import FakeOpenAIServer, FakeTransport, Fault, debate_responder
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from delib.archive import read_manifest, read_records
 from delib.config import Overrides
+from delib.folders import read_manifest, read_records
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.runner import RunRequest, run_debate
 from delib.scenarios import Protocol

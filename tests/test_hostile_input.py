@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import delib
-from delib.archive import read_records
+from delib.folders import read_records
 from delib.render import LiveView, markdown
 from delib.terminal import inert
 from delib.testing import FakeOpenAIServer, FakeTransport

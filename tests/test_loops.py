@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from delib.archive import read_manifest, read_records
 from delib.config import Overrides
+from delib.folders import read_manifest, read_records
 from delib.loops import LoopConfig, LoopMode, detect
 from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.refusal import classify

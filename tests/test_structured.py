@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import delib
-from delib.archive import read_records
+from delib.folders import read_records
 from delib.prompts import SELECT_MARKER, VERDICT_MARKER
 from delib.scenarios import Protocol
 from delib.testing import FakeOpenAIServer, FakeTransport
