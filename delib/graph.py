@@ -55,8 +55,7 @@ def planning(node):
         update = await node(state, runtime)
         after = routing.merged(state, update)
         goto = routing.route(after)
-        if goto in nodes.ASKED_AHEAD:
-            await nodes.ask_next(after, runtime, goto)
+        await nodes.ask_next(after, runtime, goto)
         return Command(update=update, goto=END if goto == "end" else goto)
 
     return step

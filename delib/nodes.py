@@ -111,14 +111,11 @@ async def _participant(task: SpeakTask, runtime: Ctx) -> dict:
     return {"count": 1, "tokens": spent(turn["tokens"]), "said": {spec.speaker.id: task["round"]}}
 
 
-# The steps whose one model call is known in full once the step before has planned them.
-ASKED_AHEAD = ("turn", "interject")
-
-
 async def ask_next(state: DebateState, runtime: Ctx, goto: str) -> None:
     """Once a step has planned that ``goto`` comes next (``state`` is the state after it):
-    for one participant's ``turn`` or the moderator's interjection, send that turn's request
-    now (``speaking.ask_ahead``) and return once it is on the wire."""
+    for one participant's ``turn`` or the moderator's interjection (the steps whose one model
+    call is known in full by then), send that turn's request now (``speaking.ask_ahead``) and
+    return once it is on the wire; for any other step, nothing."""
     ctx = runtime.context
     if goto == "turn":
         spec = _participant_turn(next_task(state), ctx)

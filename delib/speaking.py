@@ -151,14 +151,13 @@ class TurnSpec:
 
 @dataclasses.dataclass
 class Asked:
-    """A turn whose request has gone out: what the turn record needs from before the reply."""
+    """A turn asked ahead: its request in flight, and what the turn record needs from before
+    the reply."""
 
     spec: TurnSpec
-    role: str
     prompt: Prompt
     started_at: str
-    reply: asyncio.Future[Reply] | None = None  # when asked ahead of its step
-    sent: asyncio.Event | None = None  # set once that request is on the wire
+    reply: asyncio.Task[Reply]
 
 
 def _start(ctx: DebateContext, spec: TurnSpec) -> dict:
@@ -176,7 +175,7 @@ def _start(ctx: DebateContext, spec: TurnSpec) -> dict:
 
 def _ask(
     ctx: DebateContext, writer: Writer, spec: TurnSpec, *, begin: bool = True
-) -> tuple[Asked, Coroutine[Any, Any, Reply]]:
+) -> tuple[Prompt, str, Coroutine[Any, Any, Reply]]:
     """Announce the turn, open its in-flight record (unless ``begin`` is false) and build its
     prompt; the model call is returned for the caller to await (or to send ahead)."""
     start = _start(ctx, spec)
@@ -188,12 +187,12 @@ def _ask(
     prompt = build_prompt(
         ctx, speaker, spec.visible, spec.instruction, spec.max_tokens or settings.max_tokens
     )
-    asked = Asked(spec, start["role"], prompt, now())
+    started_at = now()
     request = call(
         ctx, writer, speaker, prompt, index=spec.index, max_tokens=spec.max_tokens,
         stream=spec.stream, model=spec.model, schema=spec.schema,
     )  # fmt: skip
-    return asked, request
+    return prompt, started_at, request
 
 
 async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
@@ -205,13 +204,13 @@ async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
     in-flight record is opened once the request is out, before any of the reply is read."""
     if spec.index in ctx.recovered or spec.index in ctx.ahead:
         return
-    asked, request = _ask(ctx, writer, spec, begin=False)
-    asked.sent = asyncio.Event()
+    prompt, started_at, request = _ask(ctx, writer, spec, begin=False)
+    on_the_wire = asyncio.Event()
     context = contextvars.copy_context()
-    context.run(SENT.set, asked.sent)
-    asked.reply = reply = asyncio.get_running_loop().create_task(request, context=context)
-    ctx.ahead[spec.index] = asked
-    sent = asyncio.ensure_future(asked.sent.wait())
+    context.run(SENT.set, on_the_wire)
+    reply = asyncio.get_running_loop().create_task(request, context=context)
+    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply)
+    sent = asyncio.ensure_future(on_the_wire.wait())
     try:
         await asyncio.wait({sent, reply}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -222,8 +221,7 @@ async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
 def cancel_ahead(ctx: DebateContext) -> None:
     """Cancel requests sent ahead whose step never came (the run stopped in between)."""
     for asked in ctx.ahead.values():
-        if asked.reply is not None:
-            asked.reply.cancel()
+        asked.reply.cancel()
     ctx.ahead.clear()
 
 
@@ -241,19 +239,14 @@ async def speak_turn(
         writer({"kind": "turn", "turn": done, "recovered": True})
         return done
     asked = ctx.ahead.pop(index, None)
-    if (
-        asked is not None
-        and asked.reply is not None
-        and ((asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind))
-    ):
-        reply = await asked.reply
+    if asked is not None and (asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind):
+        prompt, started_at, reply = asked.prompt, asked.started_at, await asked.reply
     else:
-        if asked is not None and asked.reply is not None:  # not the turn it was asked for
+        if asked is not None:  # not the turn it was asked for
             asked.reply.cancel()
-        asked, request = _ask(ctx, writer, spec)
+        prompt, started_at, request = _ask(ctx, writer, spec)
         reply = await request
     settings = ctx.speakers[speaker.id]
-    prompt = asked.prompt
     text, position = stances.split(reply.text) if stance else (reply.text, None)
     turn: Turn = {
         "type": "turn",
@@ -261,7 +254,7 @@ async def speak_turn(
         "round": spec.round_no,
         "speaker": speaker.id,
         "name": speaker.name,
-        "role": asked.role,  # type: ignore[typeddict-item]
+        "role": ctx.role(speaker.id),  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
         "text": text,
         "refusal": dataclasses.asdict(classify(text)),  # type: ignore[typeddict-item]
@@ -270,7 +263,7 @@ async def speak_turn(
         "tokens": token_counts(reply, prompt),
         "latency": round(reply.latency, 3),
         "finish_reason": reply.finish_reason,
-        "started_at": asked.started_at,
+        "started_at": started_at,
     }
     if position is not None:
         turn["stance"] = position

@@ -50,21 +50,26 @@ def spec(ctx: DebateContext, speaker: str, index: int = 1) -> TurnSpec:
                     visible=[], instruction="Speak.")  # fmt: skip
 
 
+def ahead_then_speak(ctx: DebateContext, asked: str, spoken: str, writer=lambda m: None):
+    """Ask ``asked``'s turn ahead, then speak ``spoken``'s at the same index; the turn."""
+
+    async def go():
+        try:
+            await ask_ahead(ctx, writer, spec(ctx, asked))
+            return await speak_turn(ctx, writer, spec(ctx, spoken))
+        finally:
+            await ctx.clients.close()
+
+    return asyncio.run(go())
+
+
 def test_a_turn_asked_ahead_is_taken_up_by_its_step():
     fake = FakeOpenAIServer()
     fake.enqueue("asked ahead")
     ctx = context("http://fake/v1", FakeTransport(fake))
     messages: list[dict] = []
-
-    async def go():
-        try:
-            await ask_ahead(ctx, messages.append, spec(ctx, "a"))
-            assert ctx.log.begun == [(1, "a", "statement")]
-            return await speak_turn(ctx, messages.append, spec(ctx, "a"))
-        finally:
-            await ctx.clients.close()
-
-    turn = asyncio.run(go())
+    turn = ahead_then_speak(ctx, "a", "a", messages.append)
+    assert ctx.log.begun == [(1, "a", "statement")]
     assert turn["text"] == "asked ahead" and turn["speaker"] == "a"
     assert len(fake.chat_requests()) == 1  # one request, made ahead and taken up
     assert [m["kind"] for m in messages] == ["turn_start", "turn"]
@@ -76,15 +81,7 @@ def test_a_step_for_another_turn_drops_what_was_asked_and_asks_again():
     fake.enqueue("for a")
     fake.enqueue("for b")
     ctx = context("http://fake/v1", FakeTransport(fake))
-
-    async def go():
-        try:
-            await ask_ahead(ctx, lambda m: None, spec(ctx, "a"))
-            return await speak_turn(ctx, lambda m: None, spec(ctx, "b"))
-        finally:
-            await ctx.clients.close()
-
-    turn = asyncio.run(go())
+    turn = ahead_then_speak(ctx, "a", "b")
     assert turn["speaker"] == "b" and turn["text"] == "for b"
     assert len(fake.chat_requests()) == 2
 
@@ -119,13 +116,5 @@ def test_a_recovered_turn_is_not_asked_ahead():
     done = {"type": "turn", "index": 1, "speaker": "a", "kind": "statement", "text": "kept",
             "round": 1, "role": "participant"}  # fmt: skip
     ctx = dataclasses.replace(ctx, recovered={1: done})
-
-    async def go():
-        try:
-            await ask_ahead(ctx, lambda m: None, spec(ctx, "a"))
-            return await speak_turn(ctx, lambda m: None, spec(ctx, "a"))
-        finally:
-            await ctx.clients.close()
-
-    assert asyncio.run(go()) is done
+    assert ahead_then_speak(ctx, "a", "a") is done
     assert fake.chat_requests() == [] and ctx.ahead == {}
