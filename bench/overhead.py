@@ -170,6 +170,45 @@ async def checkpoint_growth(tiny: bool = False) -> list[dict]:
     return rows
 
 
+def index_growth(
+    tiny: bool = False, sizes: tuple[int, ...] = (0, 250, 500, 1000, 2000)
+) -> list[dict]:
+    """What writing one 41-turn run's index rows costs (as a run does when it ends) in an
+    archive that already holds N runs: flat when a run's rows are found by key, linear in N
+    when they are looked for by scanning."""
+    import time
+
+    from delib.index import Index
+
+    archive = temp_archive()
+    turns = [
+        {"type": "turn", "index": i, "round": 1 + i // 4, "speaker": f"p{i % 4}", "name": "P",
+         "role": "participant", "kind": "statement", "text": f"turn {i} " + "words " * 50,
+         "tokens": {"prompt": 1, "completion": 1}}
+        for i in range(41)
+    ]  # fmt: skip
+    rows, held = [], 0
+    with Index.open(archive) as index:
+        for size in (0, 50, 100) if tiny else sizes:
+            while held < size:
+                run_id = f"filler-{held:05d}"
+                (archive / run_id).mkdir()
+                index.replace_turns(archive / run_id, _manifest(run_id), turns)
+                held += 1
+            (archive / "measured").mkdir(exist_ok=True)
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                index.replace_turns(archive / "measured", _manifest("measured"), turns)
+                times.append((time.perf_counter() - started) * 1000)
+            rows.append({"runs_in_archive": size, "index_write_ms": round(median(times), 2)})
+    return rows
+
+
+def _manifest(run_id: str) -> dict:
+    return {"run_id": run_id, "scenario": {"id": SCENARIO}, "personas": []}
+
+
 PARTS = ("inflight", "checkpoints", "index", "fsync", "loops")
 
 
@@ -242,11 +281,16 @@ def main() -> None:
     parser.add_argument(
         "--growth", action="store_true", help="checkpoint file size against run length"
     )
+    parser.add_argument(
+        "--index", action="store_true", help="a run's index write against the archive's size"
+    )
     parser.add_argument("--off", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.off:
         print(json.dumps(asyncio.run(one_setting(args.off, args.repeats))))
+    elif args.index:
+        print(json.dumps(index_growth(args.tiny), indent=2))
     elif args.growth:
         print(json.dumps(asyncio.run(checkpoint_growth(args.tiny)), indent=2))
     elif args.parts:

@@ -195,6 +195,7 @@ def report(tiny: bool) -> str:
     started = time.perf_counter()
     over = asyncio.run(overhead.measure(tiny))
     growth = asyncio.run(overhead.checkpoint_growth(tiny))
+    indexing = overhead.index_growth(tiny)
     para = asyncio.run(parallel.measure(tiny))
     mem = memory.measure(tiny)
     loops = loops_cost.measure(tiny)
@@ -275,6 +276,16 @@ def report(tiny: bool) -> str:
             ("checkpoint_kib", "checkpoints (KiB)"),
             ("bytes_per_turn", "bytes per turn"),
         ],
+    )
+    lines += [
+        "Index writes against the archive's size (`python -m bench.overhead --index`): one "
+        "41-turn run's rows written into the archive's `index.sqlite` (as a run does when it "
+        "ends) when the archive already holds N runs of 41 turns; median of 5. A run's "
+        "full-text rows are found by the turns table's key, so the cost stays flat.",
+        "",
+    ]
+    lines += _table(
+        indexing, [("runs_in_archive", "runs in the archive"), ("index_write_ms", "write (ms)")]
     )
     lines += [
         "## 2. Parallel rounds",

@@ -71,6 +71,17 @@ MIGRATIONS: tuple[str, ...] = (
         text, run_id UNINDEXED, idx UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
     );
     """,
+    # 2: a turn's full-text row has the turn's rowid, so a run's rows are found through the
+    # turns table's key; looking them up by the unindexed run_id scanned every row of the
+    # archive, for every turn of every run written (rebuilt from the turns table)
+    """
+    DROP TABLE IF EXISTS turns_fts;
+    CREATE VIRTUAL TABLE turns_fts USING fts5 (
+        text, run_id UNINDEXED, idx UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO turns_fts (rowid, text, run_id, idx)
+        SELECT rowid, replace(replace(text, char(2), ' '), char(3), ' '), run_id, idx FROM turns;
+    """,
 )
 
 
@@ -202,6 +213,11 @@ class Index:
 
     def _put_turn(self, conn: sqlite3.Connection, run_id: str, turn: dict) -> None:
         conn.execute(
+            "DELETE FROM turns_fts WHERE rowid IN "
+            "(SELECT rowid FROM turns WHERE run_id = ? AND idx = ?)",
+            (run_id, turn["index"]),
+        )
+        row = conn.execute(
             "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
@@ -214,16 +230,18 @@ class Index:
                 turn.get("text", ""),
             ),
         )
-        conn.execute("DELETE FROM turns_fts WHERE run_id = ? AND idx = ?", (run_id, turn["index"]))
         conn.execute(
-            "INSERT INTO turns_fts (text, run_id, idx) VALUES (?, ?, ?)",
-            (_searchable(turn.get("text", "")), run_id, turn["index"]),
+            "INSERT INTO turns_fts (rowid, text, run_id, idx) VALUES (?, ?, ?, ?)",
+            (row.lastrowid, _searchable(turn.get("text", "")), run_id, turn["index"]),
         )
 
     def _drop(self, conn: sqlite3.Connection, run_id: str) -> None:
         conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        conn.execute(
+            "DELETE FROM turns_fts WHERE rowid IN (SELECT rowid FROM turns WHERE run_id = ?)",
+            (run_id,),
+        )
         conn.execute("DELETE FROM turns WHERE run_id = ?", (run_id,))
-        conn.execute("DELETE FROM turns_fts WHERE run_id = ?", (run_id,))
 
     def record_run(self, folder: Path, manifest: dict, records: list[dict]) -> None:
         """A running debate's row (at start, resume and end)."""
@@ -355,7 +373,7 @@ class Index:
         sql = f"""
             SELECT f.run_id, f.idx, t.speaker, t.name, t.round,
                    snippet(turns_fts, 0, '{HIT_START}', '{HIT_END}', '…', {SNIPPET_TOKENS}) AS s
-            FROM turns_fts AS f JOIN turns AS t ON t.run_id = f.run_id AND t.idx = f.idx
+            FROM turns_fts AS f JOIN turns AS t ON t.rowid = f.rowid
             WHERE turns_fts MATCH ? ORDER BY rank, f.run_id DESC, f.idx LIMIT ?
         """
         try:

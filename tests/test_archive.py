@@ -252,10 +252,65 @@ def test_the_index_follows_the_folders_and_reindex_rebuilds_it(
 def test_migrations_are_safe_to_run_again(archive: Path) -> None:
     with Index.open(archive) as index:
         assert index.migrate() == len(MIGRATIONS)
+        before = [(h.run_id, h.index) for h in index.search(UNIQUE_WORD)]
+        for migration in MIGRATIONS:
+            for statement in migration.split(";"):
+                if statement.strip():
+                    index.conn.execute(statement)  # every migration is idempotent
+        assert index.migrate() == len(MIGRATIONS)
+        assert [(h.run_id, h.index) for h in index.search(UNIQUE_WORD)] == before
+        assert len(before) == 1
+
+
+def fts_keys(db: sqlite3.Connection) -> tuple[list, list]:
+    """The full-text rows' (rowid, run, turn) and the turns' own, for comparison."""
+    fts = db.execute("SELECT rowid, run_id, idx FROM turns_fts ORDER BY rowid").fetchall()
+    turns = db.execute("SELECT rowid, run_id, idx FROM turns ORDER BY rowid").fetchall()
+    return [tuple(r) for r in fts], [tuple(r) for r in turns]
+
+
+def test_an_index_of_the_first_schema_is_upgraded(archive: Path, made: dict) -> None:
+    """Full-text rows written by the first schema (numbered on their own, a marker character
+    in one text) get their turn's rowid on the first open, and search finds the same turns."""
+    with sqlite3.connect(archive / INDEX_FILE) as db:
+        db.execute("UPDATE turns SET text = text || ' \x02marked\x03' WHERE idx = 1")
+        db.execute("DROP TABLE turns_fts")
         for statement in MIGRATIONS[0].split(";"):
             if statement.strip():
-                index.conn.execute(statement)  # every statement is idempotent
-        assert index.migrate() == len(MIGRATIONS)
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO turns_fts (text, run_id, idx) "
+            "SELECT text, run_id, idx FROM turns ORDER BY run_id DESC, idx DESC"
+        )
+        db.execute("PRAGMA user_version = 1")
+        fts, turns = fts_keys(db)
+        assert fts != turns and len(fts) == len(turns)
+    with Index.open(archive) as index:
+        fts, turns = fts_keys(index.conn)
+        assert fts == turns
+        hits = index.search(UNIQUE_WORD)
+        assert [(h.run_id, h.index) for h in hits] == [(made["runs"][5], 0)]
+        marked = index.search("marked")
+        second = index.conn.execute("SELECT COUNT(*) FROM turns WHERE idx = 1").fetchone()[0]
+        assert len(marked) == second >= 12 and all(h.index == 1 for h in marked)
+        texts = [r[0] for r in index.conn.execute("SELECT text FROM turns_fts")]
+        assert not any("\x02" in t or "\x03" in t for t in texts)
+
+
+def test_indexing_a_run_again_keeps_one_row_per_turn(archive: Path, made: dict) -> None:
+    run_id = made["runs"][5]
+    folder = archive / run_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    records = [json.loads(line) for line in (folder / "turns.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["type"] == "turn")
+    first["text"] = "The opening now names the sundew instead."
+    with Index.open(archive) as index:
+        index.replace_turns(folder, manifest, records)
+        index.replace_turns(folder, manifest, records)
+        fts, turns = fts_keys(index.conn)
+        assert fts == turns
+        assert index.search(UNIQUE_WORD) == []
+        assert [(h.run_id, h.index) for h in index.search("sundew")] == [(run_id, 0)]
 
 
 # --- bad input -------------------------------------------------------------------------------
