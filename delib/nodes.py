@@ -67,10 +67,16 @@ def _moderator_turn(
     )
 
 
+def opening_turn(state: DebateState, ctx: DebateContext) -> TurnSpec:
+    """The moderator's opening (a new run's is asked before the graph starts)."""
+    instruction = prompts.opening_instruction(ctx.moderator, ctx.scenario)
+    return _moderator_turn(state, ctx, "opening", instruction)
+
+
 async def open_debate(state: DebateState, runtime: Ctx) -> dict:
     ctx = runtime.context
-    instruction = prompts.opening_instruction(ctx.moderator, ctx.scenario)
-    update = {**await _moderator(runtime, state, "opening", instruction), "round": 0}
+    turn = await speak_turn(ctx, runtime.stream_writer, opening_turn(state, ctx))
+    update = {"count": 1, "tokens": spent(turn["tokens"]), "round": 0}
     return then_plan(state, update, ctx)
 
 

@@ -133,12 +133,8 @@ class Recorder(MemoryLog):
         self.folder = folder
         self.manifest = manifest
         self.notify = notify or (lambda text: None)
-        self.index: Index | None = None
-        if archive is not None:
-            try:
-                self.index = Index.open(archive)
-            except (DelibError, sqlite3.Error) as exc:
-                self.notify(f"the archive index is not updated during this run: {exc}")
+        self.archive = archive
+        self.index: Index | None = None  # opened by index_start
 
     # --- RunLog --------------------------------------------------------------------------------
     def begin(self, index: int, speaker: str, kind: str) -> None:
@@ -171,8 +167,17 @@ class Recorder(MemoryLog):
             self.index = None
 
     def start(self) -> None:
-        """The manifest and index row of a run that starts (or goes on after a resume)."""
+        """The manifest of a run that starts (or goes on after a resume)."""
         self.folder.write_manifest(self.manifest)
+
+    def index_start(self) -> None:
+        """Open the archive's index and write the row of a run that starts (with its turns so
+        far, after a resume)."""
+        if self.archive is not None and self.index is None:
+            try:
+                self.index = Index.open(self.archive)
+            except (DelibError, sqlite3.Error) as exc:
+                self.notify(f"the archive index is not updated during this run: {exc}")
         self._index_run()
 
     def finish(

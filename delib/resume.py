@@ -18,6 +18,7 @@ as it was.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,11 @@ def resume_request(
             )
         if store.running(run_id):
             raise InputError(f"run {run_id} is still running in another process")
-        if not manifest.get("request") or not store.has_checkpoints(run_id):
+        # A new run asks for its opening before its checkpoints are first written: a run
+        # killed then has none, and nothing finished, and starts again from the beginning.
+        if not manifest.get("request") or not (
+            store.has_checkpoints(run_id) or not _finished_turns(store, run_id)
+        ):
             raise InputError(
                 f"run {run_id} has no checkpoints (it was made by an older delib); "
                 "it cannot be resumed"
@@ -81,6 +86,12 @@ def resume_request(
         if key in changes:
             setattr(request, key, changes[key])
     return request, where
+
+
+def _finished_turns(store: Any, run_id: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a cut-off last line: resume records it
+        return any(r["type"] == "turn" for r in store.records(run_id))
 
 
 @dataclass

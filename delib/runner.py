@@ -30,14 +30,15 @@ from delib.endpoints import Clients, Limits
 from delib.errors import DelibError, StoreError
 from delib.graph import compile_graph
 from delib.local import LocalServer
+from delib.nodes import opening_turn
 from delib.personas import Persona
 from delib.prepare import RunRequest, prepare
 from delib.record import Recorder, checkpoints, ended_on_its_own
 from delib.records import Event, Manifest, TokenTotals, Turn, events_of, now, turns_of
 from delib.resume import apply, history_entry, reconcile, resume_request
 from delib.scenarios import Scenario
-from delib.speaking import cancel_ahead
-from delib.state import StopReason
+from delib.speaking import ask_ahead, cancel_ahead
+from delib.state import DebateContext, StopReason
 from delib.store import FolderStore, open_store
 
 Listener = Callable[[dict], None]
@@ -160,13 +161,20 @@ class Run:
         final: dict[str, Any] = {}
         stop = StopReason.error
         error: BaseException | None = None
+        context: DebateContext | None = None
         try:
+            if self.resume_folder is None:
+                # A new run's opening needs nothing from the checkpoints: it is asked before
+                # they are opened and the graph starts, which then happens while it is answered.
+                recorder = self._recorder(folder, store, manifest, [])
+                context = dataclasses.replace(ctx, log=recorder)
+                recorder.start()
+                await ask_ahead(context, None, opening_turn({}, context))
+                recorder.index_start()
             async with checkpoints(folder) as saver:
                 graph = compile_graph(checkpointer=saver)
                 start: dict | None = {}
-                records: list = []
-                recovered: dict[int, Turn] = {}
-                if self.resume_folder is not None:
+                if context is None:
                     snapshot = await graph.aget_state(config)
                     final = dict(snapshot.values or {})
                     endpoints = sorted({p["endpoint"] for p in manifest["personas"]})
@@ -184,28 +192,19 @@ class Run:
                         started_at=old.get("started_at"),
                         resumed=[*(old.get("resumed") or []), history_entry(old, plan, now())],
                     )
-                    records, recovered = plan.records, plan.recovered
                     start = {} if plan.fresh else None
-                recorder = Recorder(
-                    folder,
-                    store.path if isinstance(store, FolderStore) else None,
-                    manifest,
-                    records,
-                    self._notices.append,
-                )
-                recorder.start()
+                    recorder = self._recorder(folder, store, manifest, plan.records)
+                    context = dataclasses.replace(ctx, log=recorder, recovered=plan.recovered)
+                    recorder.start()
+                    recorder.index_start()
                 for notice in self._drain():
                     yield notice
-                context = dataclasses.replace(ctx, log=recorder, recovered=recovered)
-                try:
-                    async for chunk in graph.astream(
-                        start, config, context=context, stream_mode="custom", durability="async"
-                    ):
-                        yield chunk
-                        for notice in self._drain():
-                            yield notice
-                finally:
-                    cancel_ahead(context)
+                async for chunk in graph.astream(
+                    start, config, context=context, stream_mode="custom", durability="async"
+                ):
+                    yield chunk
+                    for notice in self._drain():
+                        yield notice
                 final = dict((await graph.aget_state(config)).values)
                 stop = StopReason(final.get("stop_reason") or StopReason.completed)
                 if stop.value in FINISHED:
@@ -227,6 +226,9 @@ class Run:
                 self._finish(folder, recorder, manifest, StopReason.error, message, final)
                 raise
             error = lost  # the checkpointer lost the database: one line, the run resumable
+        finally:
+            if context is not None:
+                cancel_ahead(context)
         message = None
         if error is not None:
             message = (
@@ -236,6 +238,10 @@ class Run:
             )
         self.result = self._finish(folder, recorder, manifest, stop, message, final, error)
         yield {"kind": "result", "result": self.result}
+
+    def _recorder(self, folder: Any, store: Any, manifest: Manifest, records: list) -> Recorder:
+        archive = store.path if isinstance(store, FolderStore) else None
+        return Recorder(folder, archive, manifest, records, self._notices.append)
 
     def _finish(
         self,

@@ -149,15 +149,45 @@ class TurnSpec:
     schema: tuple[str, dict[str, Any]] | None = None
 
 
+class Relay:
+    """The writer of a turn asked ahead: its messages go to the step that asked for it (held,
+    when it was asked before the graph started) until the step that takes the turn up gives
+    its own writer (``to``). LangGraph's writer finds its step in the caller's context
+    variables, and the request's task has the asking step's (or none), so the messages are
+    written in the context of the step that takes the turn up."""
+
+    def __init__(self, writer: Writer | None) -> None:
+        self.writer = writer
+        self.held: list[dict] = []
+        self.context: contextvars.Context | None = None
+
+    def __call__(self, message: dict) -> None:
+        if self.writer is None:
+            self.held.append(message)
+        elif self.context is None:
+            self.writer(message)
+        else:
+            self.context.run(self.writer, message)
+
+    def to(self, writer: Writer) -> None:
+        """Called in the step that takes the turn up."""
+        self.writer = writer
+        self.context = contextvars.copy_context()
+        for message in self.held:
+            writer(message)
+        self.held.clear()
+
+
 @dataclasses.dataclass
 class Asked:
-    """A turn asked ahead: its request in flight, and what the turn record needs from before
-    the reply."""
+    """A turn asked ahead: its request in flight, what the turn record needs from before the
+    reply, and where its messages go."""
 
     spec: TurnSpec
     prompt: Prompt
     started_at: str
     reply: asyncio.Task[Reply]
+    relay: Relay
 
 
 def _start(ctx: DebateContext, spec: TurnSpec) -> dict:
@@ -195,21 +225,24 @@ def _ask(
     return prompt, started_at, request
 
 
-async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
+async def ask_ahead(ctx: DebateContext, writer: Writer | None, spec: TurnSpec) -> None:
     """Send the request of a turn that is certain to come next, before its step begins, and
     return once it is on the wire (or has already finished, or failed: the step that takes it
     up reports that). The step in between (LangGraph's commit and checkpoint of the one that
-    planned it) then runs while the model answers. ``speak_turn`` for the same index, speaker
-    and kind picks the reply up; ``cancel_ahead`` drops one never picked up. The turn's
-    in-flight record is opened once the request is out, before any of the reply is read."""
+    planned it; for a new run's opening, opening the checkpoints and starting the graph) then
+    runs while the model answers. ``speak_turn`` for the same index, speaker and kind picks the
+    reply up; ``cancel_ahead`` drops one never picked up. The turn's in-flight record is opened
+    once the request is out, before any of the reply is read. ``writer`` is None before the
+    graph has started: the turn's messages wait for its step."""
     if spec.index in ctx.recovered or spec.index in ctx.ahead:
         return
-    prompt, started_at, request = _ask(ctx, writer, spec, begin=False)
+    relay = Relay(writer)
+    prompt, started_at, request = _ask(ctx, relay, spec, begin=False)
     on_the_wire = asyncio.Event()
     context = contextvars.copy_context()
     context.run(SENT.set, on_the_wire)
     reply = asyncio.get_running_loop().create_task(request, context=context)
-    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply)
+    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply, relay)
     sent = asyncio.ensure_future(on_the_wire.wait())
     try:
         await asyncio.wait({sent, reply}, return_when=asyncio.FIRST_COMPLETED)
@@ -221,6 +254,8 @@ async def ask_ahead(ctx: DebateContext, writer: Writer, spec: TurnSpec) -> None:
 def cancel_ahead(ctx: DebateContext) -> None:
     """Cancel requests sent ahead whose step never came (the run stopped in between)."""
     for asked in ctx.ahead.values():
+        if asked.reply.done() and not asked.reply.cancelled():
+            asked.reply.exception()  # a failure no step will report: retrieved, not warned of
         asked.reply.cancel()
     ctx.ahead.clear()
 
@@ -240,6 +275,7 @@ async def speak_turn(
         return done
     asked = ctx.ahead.pop(index, None)
     if asked is not None and (asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind):
+        asked.relay.to(writer)
         prompt, started_at, reply = asked.prompt, asked.started_at, await asked.reply
     else:
         if asked is not None:  # not the turn it was asked for

@@ -293,7 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
 
-    def _reply(self, method: str, raw: bytes = b"") -> None:
+    def _reply(self, method: str, raw: bytes = b"", answered=lambda: None) -> None:
+        """Answer one request; ``answered`` is called before the reply's last write, so a
+        client that has the whole reply finds the request no longer counted in flight."""
         result = answer(self.fake, method, self.path, dict(self.headers.items()), raw)
         if result.delay:
             time.sleep(result.delay)
@@ -304,11 +306,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
         for key, value in result.headers.items():
             self.send_header(key, value)
-        self.end_headers()
         if result.events is None:
+            answered()
+            self.end_headers()
             self.wfile.write(data)
             return
+        self.end_headers()
+        last = len(result.events) - 1
         for n, line in enumerate(result.events):
+            if n == last:
+                answered()
             self.wfile.write(line)
             self.wfile.flush()
             if result.pause_after(n):
@@ -323,11 +330,19 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.in_flight += 1
             fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
+        counted = True
+
+        def answered() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                with fake._lock:
+                    fake.in_flight -= 1
+
         try:
-            self._reply("POST", self.rfile.read(length))
+            self._reply("POST", self.rfile.read(length), answered)
         finally:
-            with fake._lock:
-                fake.in_flight -= 1
+            answered()
 
 
 class _Events(httpx.AsyncByteStream):

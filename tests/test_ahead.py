@@ -118,3 +118,56 @@ def test_a_recovered_turn_is_not_asked_ahead():
     ctx = dataclasses.replace(ctx, recovered={1: done})
     assert ahead_then_speak(ctx, "a", "a") is done
     assert fake.chat_requests() == [] and ctx.ahead == {}
+
+
+def test_messages_of_a_turn_asked_before_the_graph_wait_for_its_step():
+    """A new run's opening is asked before the graph starts (no writer yet): its turn_start
+    and tokens are held, then given to the step that takes it up, in order."""
+    fake = FakeOpenAIServer()
+    fake.enqueue("The opening words arrive in pieces before anyone reads them.")
+    ctx = dataclasses.replace(context("http://fake/v1", FakeTransport(fake)), stream=True)
+    messages: list[dict] = []
+
+    async def go():
+        try:
+            await ask_ahead(ctx, None, spec(ctx, "a"))
+            await asyncio.sleep(0.05)  # the reply has come in: nothing was written anywhere
+            assert messages == []
+            return await speak_turn(ctx, messages.append, spec(ctx, "a"))
+        finally:
+            await ctx.clients.close()
+
+    turn = asyncio.run(go())
+    kinds = [m["kind"] for m in messages]
+    assert kinds[0] == "turn_start" and kinds[-1] == "turn" and "token" in kinds
+    assert set(kinds[1:-1]) == {"token"}
+    assert "".join(m["text"] for m in messages if m["kind"] == "token") == turn["text"]
+
+
+def test_every_streamed_turn_of_a_run_streams_in_order(server: FakeOpenAIServer, tmp_path, caplog):
+    """Over HTTP, a whole run: the opening (asked before the graph starts) and every turn
+    asked ahead stream turn_start, tokens, then the turn, with the turn's text in the tokens,
+    and no message is lost to an error in a callback."""
+    from delib.config import Overrides
+    from delib.runner import RunRequest, run_debate
+
+    server.delay = 0.02
+    messages: list[dict] = []
+    request = RunRequest(
+        scenario="alignment-difficulty",
+        overrides=Overrides(base_url=server.base_url, model="test-model"),
+        rounds=2,
+        archive=tmp_path / "archive",
+        stream=True,
+    )
+    result = asyncio.run(run_debate(request, messages.append))
+    assert result.stop_reason.value == "completed"
+    for turn in result.turns:
+        mine = [m for m in messages if m.get("index") == turn["index"] or
+                (m["kind"] == "turn" and m["turn"]["index"] == turn["index"])]  # fmt: skip
+        kinds = [m["kind"] for m in mine]
+        assert kinds[0] == "turn_start" and kinds[-1] == "turn", (turn["index"], kinds)
+        if turn["kind"] != "verdict":  # the verdict is not streamed
+            assert set(kinds[1:-1]) == {"token"}, (turn["index"], kinds)
+            assert turn["text"] in "".join(m["text"] for m in mine if m["kind"] == "token")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -123,6 +123,9 @@ def during_verdict(archive: Path, server: FakeOpenAIServer) -> bool:
 
 MOMENTS = {
     "opening": during_opening,
+    # A new run asks for its opening before it opens its checkpoints: killed in between, the
+    # folder has no checkpoints.sqlite yet (made so here by removing it after the kill).
+    "opening-before-checkpoints": during_opening,
     "streaming": during_streaming,
     "between-turns": between_turns,
     "verdict": during_verdict,
@@ -141,6 +144,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_turns(
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     folder = only_run(archive)
+    if moment == "opening-before-checkpoints":
+        for path in folder.glob("checkpoints.sqlite*"):
+            path.unlink()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stop_reason"] is None  # it had no chance to say anything
     before = turn_sequence(folder)
