@@ -29,9 +29,11 @@ from delib.config import Overrides
 from delib.runner import Run, RunRequest, run_debate
 
 SCENARIO = "alignment-difficulty"  # moderator + 3 participants: 4 turns a round after the first
-# Not looked at while the overhead was cut: other personas with a stance line to parse, and
-# the moderator choosing each speaker (a choice is a call of its own, and not asked ahead).
-HELD_OUT = ("cot-faithfulness", "corrigibility")
+# Not looked at while the overhead was cut: other personas, with a stance line to parse.
+HELD_OUT = ("cot-faithfulness", "who-decides-values")
+# The moderator choosing each speaker, a call of its own: held out until it showed that a
+# choice was not asked ahead (2.2 ms a call), then tuned on.
+CHOOSING = "corrigibility"
 
 
 def debate_request(
@@ -134,7 +136,7 @@ async def measure(tiny: bool = False) -> list[dict]:
     for delay in (0.05, 0.25):
         for stream in (True, False):
             rows.append(await measure_at(delay, 10, 5, stream))
-    for scenario in HELD_OUT:
+    for scenario in (*HELD_OUT, CHOOSING):
         rows.append(await measure_at(0.05, 10, 5, True, scenario))
     return rows
 

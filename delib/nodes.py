@@ -29,8 +29,10 @@ from delib.speaking import (
     ask_ahead,
     build_prompt,
     call,
+    choose_ahead,
     emit,
     speak_turn,
+    take_choice,
     token_counts,
 )
 from delib.state import DebateContext, DebateState, SpeakTask, StopReason
@@ -127,30 +129,48 @@ async def ask_next(state: DebateState, runtime: Ctx, goto: str) -> None:
         spec = _participant_turn(next_task(state), ctx)
     elif goto == "interject":
         spec = _interjection_turn(state, ctx)
+    elif goto == "select":
+        prompt, request = _choice(state, ctx)
+        await choose_ahead(ctx, runtime.stream_writer, state.get("count", 0), prompt, request)
+        return
     else:
         return
     await ask_ahead(ctx, runtime.stream_writer, spec)
 
 
-async def select(state: DebateState, runtime: Ctx) -> dict:
-    """The moderator's model picks the next speaker; anything unusable falls back."""
-    ctx = runtime.context
-    moderator = ctx.moderator
+def _choice(state: DebateState, ctx: DebateContext):
+    """The moderator's speaker-choice prompt, and its model call given a writer."""
     candidates = [ctx.cast[pid] for pid in state["pending"]]
-    turns = ctx.log.turns
     instruction = prompts.selection_instruction(candidates)
-    prompt = build_prompt(ctx, moderator, turns, instruction, SELECT_MAX_TOKENS)
-    reply = await call(
-        ctx,
-        runtime.stream_writer,
-        moderator,
-        prompt,
-        index=state.get("count", 0),
-        max_tokens=SELECT_MAX_TOKENS,
-        temperature=0.0,
-        stream=False,
-        schema=("speaker", speaker_schema([p.id for p in candidates])),
-    )
+    prompt = build_prompt(ctx, ctx.moderator, ctx.log.turns, instruction, SELECT_MAX_TOKENS)
+
+    def request(writer):
+        return call(
+            ctx,
+            writer,
+            ctx.moderator,
+            prompt,
+            index=state.get("count", 0),
+            max_tokens=SELECT_MAX_TOKENS,
+            temperature=0.0,
+            stream=False,
+            schema=("speaker", speaker_schema([p.id for p in candidates])),
+        )
+
+    return prompt, request
+
+
+async def select(state: DebateState, runtime: Ctx) -> dict:
+    """The moderator's model picks the next speaker (a choice asked ahead is taken up);
+    anything unusable falls back. The chosen speaker's turn is then asked ahead."""
+    ctx = runtime.context
+    candidates = [ctx.cast[pid] for pid in state["pending"]]
+    chosen = take_choice(ctx, runtime.stream_writer, state.get("count", 0))
+    if chosen is not None:
+        prompt, reply = chosen.prompt, await chosen.reply
+    else:
+        prompt, request = _choice(state, ctx)
+        reply = await request(runtime.stream_writer)
     choice = prompts.pick_speaker(reply.text, candidates)
     fallback = choice is None
     if fallback:
@@ -167,11 +187,9 @@ async def select(state: DebateState, runtime: Ctx) -> dict:
         reply=reply.text.strip()[:SELECT_REPLY_CHARS],
         tokens=tokens,
     )
-    return {
-        "pending": [choice],
-        "events": 1,
-        "tokens": spent(tokens),
-    }
+    update = {"pending": [choice], "events": 1, "tokens": spent(tokens)}
+    await ask_next(merged(state, update), runtime, "turn")
+    return update
 
 
 def _interjection_turn(state: DebateState, ctx: DebateContext) -> TurnSpec:

@@ -238,26 +238,74 @@ async def ask_ahead(ctx: DebateContext, writer: Writer | None, spec: TurnSpec) -
         return
     relay = Relay(writer)
     prompt, started_at, request = _ask(ctx, relay, spec, begin=False)
+    reply, on_the_wire = _sending(request)
+    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply, relay)
+    try:
+        await _until_sent(reply, on_the_wire)
+    finally:
+        ctx.log.begin(spec.index, spec.speaker.id, spec.kind)
+
+
+@dataclasses.dataclass
+class Chosen:
+    """A moderator's choice of speaker asked ahead: its request in flight and its prompt."""
+
+    prompt: Prompt
+    reply: asyncio.Task[Reply]
+    relay: Relay
+
+
+async def choose_ahead(
+    ctx: DebateContext,
+    writer: Writer,
+    index: int,
+    prompt: Prompt,
+    request: Callable[[Writer], Coroutine[Any, Any, Reply]],
+) -> None:
+    """``ask_ahead`` for the moderator's choice of who speaks turn ``index``: ``request``
+    makes the call with the writer given; ``select`` takes the reply up (``take_choice``)."""
+    if index in ctx.choices:
+        return
+    relay = Relay(writer)
+    reply, on_the_wire = _sending(request(relay))
+    ctx.choices[index] = Chosen(prompt, reply, relay)
+    await _until_sent(reply, on_the_wire)
+
+
+def take_choice(ctx: DebateContext, writer: Writer, index: int) -> Chosen | None:
+    """The choice asked ahead for turn ``index``, if there is one, its messages now going to
+    ``writer``."""
+    chosen = ctx.choices.pop(index, None)
+    if chosen is not None:
+        chosen.relay.to(writer)
+    return chosen
+
+
+def _sending(request: Coroutine[Any, Any, Reply]) -> tuple[asyncio.Task[Reply], asyncio.Event]:
+    """The call in a task of its own, and the event its request hook sets once the request
+    is on the wire (``endpoints.SENT``)."""
     on_the_wire = asyncio.Event()
     context = contextvars.copy_context()
     context.run(SENT.set, on_the_wire)
-    reply = asyncio.get_running_loop().create_task(request, context=context)
-    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply, relay)
+    return asyncio.get_running_loop().create_task(request, context=context), on_the_wire
+
+
+async def _until_sent(reply: asyncio.Task[Reply], on_the_wire: asyncio.Event) -> None:
     sent = asyncio.ensure_future(on_the_wire.wait())
     try:
         await asyncio.wait({sent, reply}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         sent.cancel()
-        ctx.log.begin(spec.index, spec.speaker.id, spec.kind)
 
 
 def cancel_ahead(ctx: DebateContext) -> None:
     """Cancel requests sent ahead whose step never came (the run stopped in between)."""
-    for asked in ctx.ahead.values():
+    for asked in [*ctx.ahead.values(), *ctx.choices.values()]:
         if asked.reply.done() and not asked.reply.cancelled():
             asked.reply.exception()  # a failure no step will report: retrieved, not warned of
         asked.reply.cancel()
     ctx.ahead.clear()
+    ctx.choices.clear()
 
 
 async def speak_turn(

@@ -143,6 +143,9 @@ class DebateContext:
     # Turns whose request went out before their step began (``speaking.ask_ahead``), by
     # index: the run's own, never copied by ``dataclasses.replace``.
     ahead: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The moderator's choices of speaker asked the same way (``speaking.choose_ahead``), by
+    # the index of the turn they choose for.
+    choices: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def participants(self) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 from delib.config import Endpoint, EndpointConfig, SpeakerSettings
 from delib.endpoints import Clients
 from delib.personas import Persona
@@ -144,17 +146,21 @@ def test_messages_of_a_turn_asked_before_the_graph_wait_for_its_step():
     assert "".join(m["text"] for m in messages if m["kind"] == "token") == turn["text"]
 
 
-def test_every_streamed_turn_of_a_run_streams_in_order(server: FakeOpenAIServer, tmp_path, caplog):
+@pytest.mark.parametrize("scenario", ["alignment-difficulty", "corrigibility"])
+def test_every_streamed_turn_of_a_run_streams_in_order(
+    scenario: str, server: FakeOpenAIServer, tmp_path, caplog
+):
     """Over HTTP, a whole run: the opening (asked before the graph starts) and every turn
     asked ahead stream turn_start, tokens, then the turn, with the turn's text in the tokens,
-    and no message is lost to an error in a callback."""
+    and no message is lost to an error in a callback. In ``corrigibility`` the moderator
+    chooses each speaker, a choice asked ahead too: one request per turn and per choice."""
     from delib.config import Overrides
     from delib.runner import RunRequest, run_debate
 
     server.delay = 0.02
     messages: list[dict] = []
     request = RunRequest(
-        scenario="alignment-difficulty",
+        scenario=scenario,
         overrides=Overrides(base_url=server.base_url, model="test-model"),
         rounds=2,
         archive=tmp_path / "archive",
@@ -171,3 +177,7 @@ def test_every_streamed_turn_of_a_run_streams_in_order(server: FakeOpenAIServer,
             assert set(kinds[1:-1]) == {"token"}, (turn["index"], kinds)
             assert turn["text"] in "".join(m["text"] for m in mine if m["kind"] == "token")
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    choices = [e for e in result.events if e["event"] == "speaker_selected"]
+    assert (len(choices) > 0) == (scenario == "corrigibility")
+    assert not [e for e in choices if e["fallback"]]
+    assert len(server.chat_requests()) == len(result.turns) + len(choices)
