@@ -243,27 +243,6 @@ class Index:
         )
         conn.execute("DELETE FROM turns WHERE run_id = ?", (run_id,))
 
-    def record_run(self, folder: Path, manifest: dict, records: list[dict]) -> None:
-        """A running debate's row (at start, resume and end)."""
-        with self.transaction() as conn:
-            self._put_run(conn, _run_row(manifest, records, stamp(folder)))
-
-    def record_turn(self, folder: Path, record: dict) -> None:
-        """A finished turn or event of a running debate (already appended to turns.jsonl)."""
-        run_id = folder.name
-        with self.transaction() as conn:
-            if record.get("type") == "turn":
-                self._put_turn(conn, run_id, record)
-                conn.execute(
-                    "UPDATE runs SET turns = turns + 1, stamp = ? WHERE run_id = ?",
-                    (stamp(folder), run_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE runs SET events = events + 1, stamp = ? WHERE run_id = ?",
-                    (stamp(folder), run_id),
-                )
-
     def replace_turns(self, folder: Path, manifest: dict, records: list[dict]) -> None:
         """Index one run from its folder's contents, replacing whatever was there."""
         run_id = folder.name
@@ -273,6 +252,15 @@ class Index:
             for record in records:
                 if record.get("type") == "turn":
                     self._put_turn(conn, run_id, record)
+
+    def add_turns(self, folder: Path, manifest: dict, records: list[dict], new: list[dict]) -> None:
+        """A running run's row brought up to date, and the turns among ``new`` (records
+        written since the run was last indexed) added."""
+        with self.transaction() as conn:
+            self._put_run(conn, _run_row(manifest, records, stamp(folder)))
+            for record in new:
+                if record.get("type") == "turn":
+                    self._put_turn(conn, folder.name, record)
 
     def forget(self, run_id: str) -> None:
         with self.transaction() as conn:

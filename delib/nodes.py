@@ -133,6 +133,8 @@ async def ask_next(state: DebateState, runtime: Ctx, goto: str) -> None:
         prompt, request = _choice(state, ctx)
         await choose_ahead(ctx, runtime.stream_writer, state.get("count", 0), prompt, request)
         return
+    elif goto == "close" and (verdict := _verdict_turn(state, ctx)) is not None:
+        spec = verdict
     else:
         return
     await ask_ahead(ctx, runtime.stream_writer, spec)
@@ -290,36 +292,39 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
     return {**update, **spoken, "checked": count + 1}
 
 
+def _verdict_turn(state: DebateState, ctx: DebateContext) -> TurnSpec | None:
+    """The moderator's verdict, seeing every turn; None when the token budget has no room."""
+    turns = list(ctx.log.turns)  # before the verdict
+    budget_left = ctx.token_budget - state.get("tokens", 0)
+    if transcript_tokens(turns) + verdict_tokens(ctx) > budget_left:
+        return None
+    return TurnSpec(
+        ctx.moderator,
+        index=state.get("count", 0),
+        round_no=state.get("round", 0),
+        kind="verdict",
+        visible=turns,
+        instruction=prompts.verdict_instruction(ctx.scenario, ctx.cast),
+        max_tokens=verdict_tokens(ctx),
+        stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
+        schema=("verdict", verdict_schema(list(ctx.participants))),
+    )
+
+
 async def close(state: DebateState, runtime: Ctx) -> dict:
     """The moderator's verdict: validated, retried once, else archived as plain text."""
     ctx = runtime.context
     writer = runtime.stream_writer
     moderator = ctx.moderator
-    turns = list(ctx.log.turns)  # before the verdict
     participants = [ctx.cast[pid] for pid in ctx.participants]
-    budget_left = ctx.token_budget - state.get("tokens", 0)
-    if transcript_tokens(turns) + verdict_tokens(ctx) > budget_left:
+    spec = _verdict_turn(state, ctx)
+    if spec is None:
         emit(ctx, writer, "verdict_skipped", reason="token budget exhausted")
         return {"events": 1, "verdict": None}
-    instruction = prompts.verdict_instruction(ctx.scenario, ctx.cast)
-    schema = ("verdict", verdict_schema(list(ctx.participants)))
-    index = state.get("count", 0)
-    cap = verdict_tokens(ctx)
-    first = await speak_turn(
-        ctx,
-        writer,
-        TurnSpec(
-            moderator,
-            index=index,
-            round_no=state.get("round", 0),
-            kind="verdict",
-            visible=turns,
-            instruction=instruction,
-            max_tokens=cap,
-            stream=False,  # JSON is not worth watching; the CLI shows the parsed verdict
-            schema=schema,
-        ),
-    )
+    turns, instruction, schema = spec.visible, spec.instruction, spec.schema
+    index, cap = spec.index, verdict_tokens(ctx)
+    ctx.log.catch_up()  # while the verdict (asked ahead) is being written
+    first = await speak_turn(ctx, writer, spec)
     used = {"count": 1, "tokens": spent(first["tokens"])}
     try:
         verdict = parse_verdict(first["text"], participants)

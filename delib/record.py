@@ -9,8 +9,9 @@ loses nothing finished (it is fsynced too, per ``archive.FSYNC_EACH_RECORD``). W
 is being spoken, ``inflight/<index>.partial`` holds what has streamed so far (flushed at most
 every ``archive.INFLIGHT_FLUSH_EVERY``, 20 ms, so a burst of chunks is one write).
 
-The index (``index.sqlite``) gets the run's row when it starts and when it ends; readers
-catch up with turns written in between from the folder itself (``Index.sync``), so no turn
+The index (``index.sqlite``) gets the run's row when it starts, its turns so far while the
+verdict is being written (``catch_up``) and the rest when it ends; readers catch up with
+turns written in between from the folder itself (``Index.sync``), so no turn
 waits on SQLite.
 """
 
@@ -135,6 +136,7 @@ class Recorder(MemoryLog):
         self.notify = notify or (lambda text: None)
         self.archive = archive
         self.index: Index | None = None  # opened by index_start
+        self._indexed: int | None = None  # records in the index, once they have been written
 
     # --- RunLog --------------------------------------------------------------------------------
     def begin(self, index: int, speaker: str, kind: str) -> None:
@@ -153,11 +155,18 @@ class Recorder(MemoryLog):
 
     # --- the manifest and the index ------------------------------------------------------------
     def _index_run(self) -> None:
-        """Update the index; a failure is a notice (reindex repairs it), never a lost run."""
+        """Update the index: the run's row, and its turns not yet indexed (all of them, and
+        whatever was there before dropped, the first time). A failure is a notice (reindex
+        repairs it), never a lost run."""
         if self.index is None:
             return
         try:
-            self.index.replace_turns(self.folder.path, self.manifest, self.records)
+            if self._indexed is None:
+                self.index.replace_turns(self.folder.path, self.manifest, self.records)
+            else:
+                new = self.records[self._indexed :]
+                self.index.add_turns(self.folder.path, self.manifest, self.records, new)
+            self._indexed = len(self.records)
         except sqlite3.Error as exc:
             self.notify(
                 f"the archive index is not updated during this run ({exc}); "
@@ -165,6 +174,11 @@ class Recorder(MemoryLog):
             )
             self.index.close()
             self.index = None
+
+    def catch_up(self) -> None:
+        """Index the turns written so far (called while the verdict is being written, so that
+        the end of the run has only the verdict to add)."""
+        self._index_run()
 
     def start(self) -> None:
         """The manifest of a run that starts (or goes on after a resume)."""

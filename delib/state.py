@@ -95,6 +95,9 @@ class RunLog(Protocol):
 
     def add(self, record: Record) -> None: ...
 
+    def catch_up(self) -> None:
+        """Work that can be done while a model answers (the archive's index)."""
+
 
 class MemoryLog:
     """A ``RunLog`` kept in memory only (unit tests, and the base of the archive's log)."""
@@ -118,6 +121,9 @@ class MemoryLog:
         self.records.append(record)
         if record["type"] == "turn":
             bisect.insort(self._turns, record, key=lambda t: t["index"])
+
+    def catch_up(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)

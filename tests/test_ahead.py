@@ -181,3 +181,30 @@ def test_every_streamed_turn_of_a_run_streams_in_order(
     assert (len(choices) > 0) == (scenario == "corrigibility")
     assert not [e for e in choices if e["fallback"]]
     assert len(server.chat_requests()) == len(result.turns) + len(choices)
+
+
+def test_the_verdict_is_asked_ahead_when_the_budget_has_room_for_it():
+    """``ask_next`` towards ``close``: the verdict's request goes out from the step before
+    (its turn waits in ``ctx.ahead``), unless the budget would skip the verdict."""
+    from types import SimpleNamespace
+
+    from delib.nodes import ask_next
+
+    fake = FakeOpenAIServer()
+    fake.enqueue('{"summary": "s"}')
+    ctx = context("http://fake/v1", FakeTransport(fake))
+    state = {"count": 3, "round": 1, "tokens": 0}
+
+    async def go(ctx):
+        try:
+            await ask_next(state, SimpleNamespace(context=ctx, stream_writer=None), "close")
+            return {i: (a.spec.kind, a.spec.speaker.id) for i, a in ctx.ahead.items()}
+        finally:
+            cancel_ahead(ctx)
+            await ctx.clients.close()
+
+    assert asyncio.run(go(ctx)) == {3: ("verdict", "m")}
+    assert len(fake.chat_requests()) == 1
+    poor = dataclasses.replace(context("http://fake/v1", FakeTransport(fake)), token_budget=10)
+    assert asyncio.run(go(poor)) == {}
+    assert len(fake.chat_requests()) == 1

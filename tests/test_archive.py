@@ -15,7 +15,7 @@ import pytest
 from conftest import delib_process
 
 from delib.config import Overrides
-from delib.index import INDEX_FILE, MIGRATIONS, Index
+from delib.index import INDEX_FILE, MIGRATIONS, Index, stamp
 from delib.runner import RunRequest, run_debate
 from delib.testing import FakeOpenAIServer, Fault
 
@@ -260,6 +260,23 @@ def test_migrations_are_safe_to_run_again(archive: Path) -> None:
         assert index.migrate() == len(MIGRATIONS)
         assert [(h.run_id, h.index) for h in index.search(UNIQUE_WORD)] == before
         assert len(before) == 1
+
+
+def test_runs_are_indexed_as_they_end_without_a_reader_catching_up(made: dict) -> None:
+    """Each run wrote its own rows (its turns before the verdict while the verdict was being
+    written, the rest at the end): the index matches the folders before any reader syncs."""
+    archive = made["path"]
+    with sqlite3.connect(archive / INDEX_FILE) as db:
+        for run_id in [*made["runs"], made["failed"]]:
+            folder = archive / run_id
+            lines = (folder / "turns.jsonl").read_text().splitlines()
+            indices = sorted(json.loads(x)["index"] for x in lines if '"type": "turn"' in x)
+            rows = db.execute("SELECT idx FROM turns WHERE run_id = ? ORDER BY idx", (run_id,))
+            assert [r[0] for r in rows] == indices
+            row = db.execute("SELECT turns, stamp FROM runs WHERE run_id = ?", (run_id,))
+            assert row.fetchone() == (len(indices), stamp(folder))
+        fts, turns = fts_keys(db)
+        assert fts == turns
 
 
 def fts_keys(db: sqlite3.Connection) -> tuple[list, list]:
