@@ -34,6 +34,9 @@ HELD_OUT = ("cot-faithfulness", "who-decides-values")
 # The moderator choosing each speaker, a call of its own: held out until it showed that a
 # choice was not asked ahead (2.2 ms a call), then tuned on.
 CHOOSING = "corrigibility"
+# Alternating pairs counted at 50 ms: single pairs differ by up to ±1.5 ms a call here (the
+# host's noise, and delib's own garbage collections landing in one run and not another).
+PAIRS = 9
 
 
 def debate_request(
@@ -113,6 +116,7 @@ async def measure_at(
             bare_cpus.append(bare.cpu)
     pairs = list(zip(walls, bare_walls, strict=True))
     ratio = median([w / b for w, b in pairs])
+    per_call = sorted((w - b) / max(requests, 1) * 1000 for w, b in pairs)
     return {
         "scenario": scenario,
         "reply_latency_s": delay,
@@ -126,18 +130,30 @@ async def measure_at(
         "bare_cpu_ms_per_request": round(median(bare_cpus) / max(requests, 1) * 1000, 2),
         "extra_ms_per_turn": round(median([w - b for w, b in pairs]) / turns * 1000, 2),
         "extra_ms_per_call": round(median([w - b for w, b in pairs]) / requests * 1000, 2),
+        # the middle half of the pairs' differences: how far the machine's noise reaches
+        "extra_ms_per_call_iqr": "{:.2f} – {:.2f}".format(
+            *(quartile(per_call, q) for q in (0.25, 0.75))
+        ),
     }
+
+
+def quartile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks of a sorted list."""
+    at = (len(ordered) - 1) * q
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
 
 
 async def measure(tiny: bool = False) -> list[dict]:
     if tiny:
         return [await measure_at(0.0, 1, 1, True)]
     rows = []
-    for delay in (0.05, 0.25):
+    for delay in (0.05, 0.25):  # 9 pairs at 50 ms, where the target is; 5 at 250 ms
         for stream in (True, False):
-            rows.append(await measure_at(delay, 10, 5, stream))
+            rows.append(await measure_at(delay, 10, PAIRS if delay < 0.1 else 5, stream))
     for scenario in (*HELD_OUT, CHOOSING):
-        rows.append(await measure_at(0.05, 10, 5, True, scenario))
+        rows.append(await measure_at(0.05, 10, PAIRS, True, scenario))
     return rows
 
 

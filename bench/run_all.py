@@ -238,8 +238,9 @@ def report(tiny: bool) -> str:
         "10 rounds) through delib, then a bare loop of `AsyncOpenAI` calls replaying the very "
         "request bodies delib sent, one after another, against the same server with a fixed "
         "latency before each reply. Wall time excludes start-up (delib is timed after reading "
-        "files and checking the endpoint). One pair not counted, then 5 alternating pairs, every "
-        "delib run into one archive; the extra time is the median of the pairs' differences. "
+        "files and checking the endpoint). One pair not counted, then 9 alternating pairs at "
+        "50 ms (5 at 250 ms), every delib run into one archive; the extra time is the median of "
+        "the pairs' differences, shown with the middle half of them. "
         "The next two rows are scenarios held out while the overhead was cut (other personas, "
         "a stance line to parse); the last has the moderator choose each speaker (a call of its "
         "own), held out until it showed that a choice was not asked ahead, then tuned on. "
@@ -258,6 +259,7 @@ def report(tiny: bool) -> str:
             ("bare_wall_s", "bare loop wall (s)"),
             ("ratio", "ratio"),
             ("extra_ms_per_call", "extra wall per call (ms)"),
+            ("extra_ms_per_call_iqr", "middle half of the pairs (ms)"),
             ("delib_cpu_ms_per_turn", "delib CPU per turn (ms)"),
             ("bare_cpu_ms_per_request", "bare CPU per request (ms)"),
         ],
