@@ -322,7 +322,7 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
         emit(ctx, writer, "verdict_skipped", reason="token budget exhausted")
         return {"events": 1, "verdict": None}
     turns, instruction, schema = spec.visible, spec.instruction, spec.schema
-    index, cap = spec.index, verdict_tokens(ctx)
+    index, cap = spec.index, spec.max_tokens or verdict_tokens(ctx)
     ctx.log.catch_up()  # while the verdict (asked ahead) is being written
     first = await speak_turn(ctx, writer, spec)
     used = {"count": 1, "tokens": spent(first["tokens"])}
