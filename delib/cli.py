@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -162,6 +163,7 @@ def main_options(
 ) -> None:
     if debug:
         DEBUG["on"] = True
+        logging.getLogger("psycopg").setLevel(logging.NOTSET)
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -390,6 +392,7 @@ async def _run(debate: Run, view: LiveView, console: Console) -> RunResult:
     finally:
         if status is not None:
             status.stop()
+        view.close()
         loop.remove_signal_handler(signal.SIGTERM)
         await debate.aclose()
     assert debate.result is not None
@@ -1060,6 +1063,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     """Console entry point: run the app, turning delib's errors into one line."""
     warnings.showwarning = _show_warning
+    # psycopg logs a lost connection on its own ("error ignored terminating <AsyncPipeline
+    # [BAD]>") beside the one line delib prints for it; --debug shows it again.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     try:
         app()
     except DelibError as exc:

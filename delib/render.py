@@ -96,6 +96,13 @@ class LiveView:
                 inert("".join(self.buffers.get(nxt, []))), end="", markup=False, highlight=False
             )
 
+    def close(self) -> None:
+        """The run ended with a turn still streaming (an error, Ctrl-C): end its line, so what
+        is printed next starts on a line of its own."""
+        if self.live is not None:
+            self.console.print(" [dim]… (cut off)[/dim]", highlight=False)
+            self.live = None
+
     def event(self, event: dict) -> None:
         name = event["event"]
         if name == "speaker_selected":

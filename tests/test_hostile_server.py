@@ -205,3 +205,16 @@ def test_a_reply_far_past_max_tokens_is_counted_whole_and_stored_capped(
     assert opening["tokens"]["completion"] >= len(huge) // 4 and opening["tokens"]["estimated"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["tokens"]["completion"] >= len(huge) // 4
+
+
+def test_a_turn_cut_off_mid_stream_ends_its_line_before_the_error(cli, server, tmp_path) -> None:
+    """With --json the live view is on stderr, next to the error: the half-streamed turn's line
+    is ended (and marked cut off), so the error line starts a line of its own."""
+    toml_for(server)
+    server.fail(*[HOSTILE["sse-no-done"]] * 2, after=3)
+    code, out, err = run_hostile(cli, tmp_path / "archive", "--json")
+    assert code == 1 and json.loads(out)["turns"] == 3
+    lines = err.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1 and "after 2 attempts" in lines[errors[0]], err
+    assert lines[errors[0] - 1].endswith("half a reply … (cut off)"), err

@@ -247,7 +247,7 @@ def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_pat
         assert proc.returncode == 1, err
         assert "Traceback" not in err
         lines = [line for line in err.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and "lost the PostgreSQL archive" in lines[0]
+        assert len(lines) == 1 and "lost the PostgreSQL archive" in lines[0], err
         assert "'delib resume" in lines[0]
         pg.unpause()
         store = PgStore.connect(pg.dsn)
