@@ -21,10 +21,9 @@ from delib.errors import DelibError  # noqa: E402
 from delib.loops import LoopConfig, LoopMode  # noqa: E402
 from delib.personas import Persona  # noqa: E402
 from delib.prepare import RunRequest  # noqa: E402
+from delib.result import RunFailed, RunResult  # noqa: E402
 from delib.runner import (  # noqa: E402
     Run,
-    RunFailed,
-    RunResult,
     aresume,
     arun,
     make_request,

@@ -53,8 +53,9 @@ from delib.prepare import RunRequest
 from delib.probe import check_endpoint
 from delib.refusal_eval import evaluate_files
 from delib.render import LiveView, markdown, verdict_lines
+from delib.result import RunResult
 from delib.resume import resume_request
-from delib.runner import Run, RunResult
+from delib.runner import Run
 from delib.scenarios import Protocol, scenario_library
 from delib.store import FolderStore, open_store
 from delib.terminal import inert, safe

@@ -25,8 +25,9 @@ from delib.endpoints import Limits
 from delib.errors import DelibError, InputError
 from delib.pool import ServerPool
 from delib.prepare import RunRequest
+from delib.result import RunResult
 from delib.resume import resume_request
-from delib.runner import Run, RunResult
+from delib.runner import Run
 from delib.scenarios import scenario_library
 from delib.store import open_store
 from delib.sweep import Cell, CellStatus, Sweep, note, request_for, save_spec, status
