@@ -20,7 +20,7 @@ import json
 import time
 
 from bench.common import Stopwatch, fake_server, median, server_requests, temp_archive
-from bench.overhead import SCENARIO, bare_once, delib_once, quartile
+from bench.overhead import SCENARIO, bare_once, delib_once, middle_half
 
 PERSONAS = ("moderator", "philosopher", "oversight", "interpretability")
 
@@ -88,13 +88,10 @@ async def measure(pairs: int, delay: float, stream: bool) -> dict:
                 diffs["autogen"].append((ours.wall - bare.wall) / len(bodies) * 1000)
     rows = {}
     for name, values in diffs.items():
-        ordered = sorted(values)
         rows[name] = {
             "calls": calls[name],
             "extra_ms_per_call": round(median(values), 2),
-            "extra_ms_per_call_iqr": "{:.2f} – {:.2f}".format(
-                *(quartile(ordered, q) for q in (0.25, 0.75))
-            ),
+            "extra_ms_per_call_iqr": middle_half(values),
         }
     return {"reply_latency_s": delay, "stream": stream, "pairs": pairs, **rows}
 

@@ -116,7 +116,7 @@ async def measure_at(
             bare_cpus.append(bare.cpu)
     pairs = list(zip(walls, bare_walls, strict=True))
     ratio = median([w / b for w, b in pairs])
-    per_call = sorted((w - b) / max(requests, 1) * 1000 for w, b in pairs)
+    per_call = [(w - b) / max(requests, 1) * 1000 for w, b in pairs]
     return {
         "scenario": scenario,
         "reply_latency_s": delay,
@@ -131,10 +131,14 @@ async def measure_at(
         "extra_ms_per_turn": round(median([w - b for w, b in pairs]) / turns * 1000, 2),
         "extra_ms_per_call": round(median([w - b for w, b in pairs]) / requests * 1000, 2),
         # the middle half of the pairs' differences: how far the machine's noise reaches
-        "extra_ms_per_call_iqr": "{:.2f} – {:.2f}".format(
-            *(quartile(per_call, q) for q in (0.25, 0.75))
-        ),
+        "extra_ms_per_call_iqr": middle_half(per_call),
     }
+
+
+def middle_half(values: list[float]) -> str:
+    """The first to the third quartile of ``values``, as "a – b"."""
+    ordered = sorted(values)
+    return "{:.2f} – {:.2f}".format(*(quartile(ordered, q) for q in (0.25, 0.75)))
 
 
 def quartile(ordered: list[float], q: float) -> float:

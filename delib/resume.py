@@ -88,10 +88,16 @@ def resume_request(
     return request, where
 
 
-def _finished_turns(store: Any, run_id: str) -> bool:
+def kept_records(store: Any, run_id: str) -> list[dict]:
+    """A dead run's records as kept, without warning of a cut-off last line (``apply``
+    records that as an event)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a cut-off last line: resume records it
-        return any(r["type"] == "turn" for r in store.records(run_id))
+        warnings.simplefilter("ignore")
+        return store.records(run_id)
+
+
+def _finished_turns(store: Any, run_id: str) -> bool:
+    return any(r["type"] == "turn" for r in kept_records(store, run_id))
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from delib.prepare import RunRequest, prepare
 from delib.record import Recorder, checkpoints, ended_on_its_own
 from delib.records import Manifest, events_of, now, turns_of
 from delib.result import RunResult
-from delib.resume import apply, history_entry, reconcile, resume_request
+from delib.resume import apply, history_entry, kept_records, reconcile, resume_request
 from delib.scenarios import Scenario
 from delib.speaking import ask_ahead, cancel_ahead
 from delib.state import DebateContext, StopReason
@@ -124,9 +123,7 @@ class Run:
                     snapshot = await graph.aget_state(config)
                     final = dict(snapshot.values or {})
                     endpoints = sorted({p["endpoint"] for p in manifest["personas"]})
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # a cut-off last line: apply records it
-                        kept = store.records(folder.run_id)
+                    kept = kept_records(store, folder.run_id)
                     plan = reconcile(
                         folder.run_id, kept, final, snapshot.created_at is not None, endpoints
                     )
