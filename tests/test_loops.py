@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,21 +93,58 @@ def test_the_word_start_searches_find_what_the_plain_alternations_find():
 
     from delib import refusal
 
+    cues = refusal.FOLDED
     lists = {
-        refusal._strong_any: refusal._STRONG_OPENINGS,
-        refusal._buried_any: refusal._BURIED,
-        refusal._explicit_any: [*refusal._STRONG_OPENINGS, *refusal._EXPLICIT_MORE],
-        refusal._soft_any: [p for ps in refusal.SOFT_FAMILIES.values() for p in ps],
+        cues.strong_any: refusal._STRONG_OPENINGS,
+        cues.buried_any: refusal._BURIED,
+        cues.explicit_any: [*refusal._STRONG_OPENINGS, *refusal._EXPLICIT_MORE],
+        cues.soft_any: [p for ps in refusal.SOFT_FAMILIES.values() for p in ps],
     }
-    texts = [*REFUSALS, "'s not appropriate", "x" * 5000, "拒绝。" * 100]
-    for path in sorted(DATA.parent.glob("refusals-*.jsonl")):
-        texts += [json.loads(line)["text"] for line in path.read_text().splitlines() if line]
-    assert len(texts) > 1000
+    texts = _labelled_texts()
     for fast, patterns in lists.items():
         plain = re.compile("|".join(patterns), re.I)
         for text in texts:
             a, b = fast.search(text), plain.search(text)
             assert (a and a.span()) == (b and b.span()), (fast.pattern[:40], text[:80])
+
+
+def _labelled_texts() -> list[str]:
+    texts = [*REFUSALS, "'s not appropriate", "x" * 5000, "拒绝。" * 100]
+    for path in sorted(DATA.parent.glob("refusals-*.jsonl")):
+        texts += [json.loads(line)["text"] for line in path.read_text().splitlines() if line]
+    assert len(texts) > 1000
+    return texts
+
+
+def test_the_lowered_cues_find_what_the_case_folding_cues_find():
+    """ASCII text is lower-cased once and searched case-sensitively (``refusal.LOWERED``):
+    on every labelled reply, and on the same replies upper-cased, swapped and title-cased,
+    each cue matches where the case-folding one does, the same number of times."""
+    from delib import refusal
+
+    folded, lowered = refusal.FOLDED, refusal.LOWERED
+    names = [f.name for f in dataclasses.fields(refusal.Cues)]
+    texts = [t for t in _labelled_texts() if t.isascii()]
+    texts += [f(t) for t in texts[::7] for f in (str.upper, str.swapcase, str.title)]
+    assert len(texts) > 1500
+    checked = 0
+    for name in names:
+        pairs = getattr(folded, name), getattr(lowered, name)
+        for a, b in zip(*(p if isinstance(p, tuple) else (p,) for p in pairs), strict=True):
+            assert a.flags & re.IGNORECASE and not b.flags & re.IGNORECASE
+            for text in texts:
+                low = text.lower()
+                found, seen = a.search(text), b.search(low)
+                assert (found and found.span()) == (seen and seen.span()), (name, text[:80])
+                assert len(a.findall(text)) == len(b.findall(low)), (name, text[:80])
+                checked += 1
+    assert checked > 20 * len(texts)
+
+
+def test_lowered_keeps_escapes_and_lowers_letters():
+    from delib.refusal import lowered
+
+    assert lowered(r"\bI (?:CAN'T|\S+)\W[A-Z]") == r"\bi (?:can't|\S+)\W[a-z]"
 
 
 # --- detectors on synthetic turns -----------------------------------------------------------------
