@@ -162,8 +162,8 @@ class EndpointClient:
     async def _with_retries(self, call, on_retry: RetryCallback | None = None):
         """``call()`` until it succeeds, fails in a way a retry cannot mend, or has used the
         endpoint's attempts; a failure as a ``DelibError`` that says what to do. (A loop of
-        its own: tenacity's took some 25 microseconds of every call, between one reply and
-        the next request.)"""
+        its own: tenacity's ``AsyncRetrying`` took 0.05-0.08 ms of every call in a debate,
+        between one reply and the next request.)"""
         attempts = self.endpoint.config.max_retries + 1
         attempt = 1
         while True:
