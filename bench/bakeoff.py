@@ -2,7 +2,7 @@
 
     python -m bench.bakeoff [--tiny] [--scenario ID ...]
 
-For every model in ``delib.local_models.LOCAL_MODELS``: a 1-round debate (the default
+For every model in ``delib.models.local_models.LOCAL_MODELS``: a 1-round debate (the default
 settings a new user gets, streaming off so the server reports its own token counts), timed
 end to end after the server is up. Per model:
 
@@ -30,13 +30,13 @@ import re
 import time
 
 from bench.common import temp_archive
-from delib import prompts
-from delib.config import Overrides
+from delib.debate import prompts
+from delib.debate.runner import Run, RunRequest
+from delib.detect.loops import LoopMode
 from delib.errors import DelibError
-from delib.local_models import LOCAL_MODELS, installed
-from delib.loops import LoopMode
-from delib.runner import Run, RunRequest
-from delib.scenarios import scenario_library
+from delib.library.scenarios import scenario_library
+from delib.models.config import Overrides
+from delib.models.local_models import LOCAL_MODELS, installed
 
 SCENARIOS = ("alignment-difficulty", "corrigibility")
 LABEL = re.compile(r"\[The [^\]]{2,40}\]")

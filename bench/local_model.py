@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from bench.common import ROOT, median, temp_archive
-from delib.config import Overrides
-from delib.loops import LoopMode
-from delib.runner import Run, RunRequest
+from delib.debate.runner import Run, RunRequest
+from delib.detect.loops import LoopMode
+from delib.models.config import Overrides
 
 HIT = re.compile(r"(\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
 EVAL = re.compile(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens")

@@ -14,8 +14,8 @@ import statistics
 import sys
 import time
 
-from delib.loops import LoopConfig, detect
-from delib.refusal import classify
+from delib.detect.loops import LoopConfig, detect
+from delib.detect.refusal import classify
 from delib.testing import debate_responder
 
 

@@ -12,8 +12,8 @@ import asyncio
 import json
 
 from bench.common import fake_server, in_fresh_process, peak_rss_mib, temp_archive
-from delib.config import Overrides
-from delib.runner import RunRequest, run_debate
+from delib.debate.runner import RunRequest, run_debate
+from delib.models.config import Overrides
 
 
 async def _debates(n: int, base_url: str, rounds: int) -> dict:

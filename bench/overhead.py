@@ -25,8 +25,8 @@ from bench.common import (
     server_requests,
     temp_archive,
 )
-from delib.config import Overrides
-from delib.runner import Run, RunRequest, run_debate
+from delib.debate.runner import Run, RunRequest, run_debate
+from delib.models.config import Overrides
 
 SCENARIO = "alignment-difficulty"  # moderator + 3 participants: 4 turns a round after the first
 # Not looked at while the overhead was cut: other personas, with a stance line to parse.
@@ -167,7 +167,7 @@ async def checkpoint_growth(tiny: bool = False) -> list[dict]:
     finished run deletes its checkpoints; here they are kept to be measured."""
     from pathlib import Path
 
-    from delib import archive
+    from delib.archive import run_folder as archive
 
     archive.RunFolder.drop_checkpoints = lambda self: None
     rows = []
@@ -200,7 +200,7 @@ def index_growth(
     when they are looked for by scanning."""
     import time
 
-    from delib.index import Index
+    from delib.archive.index import Index
 
     archive = temp_archive()
     turns = [
@@ -241,12 +241,12 @@ def switch_off(parts: set[str]) -> None:
 
     from langgraph.checkpoint.memory import InMemorySaver
 
-    import delib.archive as archive
-    import delib.nodes as nodes
-    import delib.record as record
-    import delib.runner as runner
-    import delib.speaking as speaking
-    from delib.refusal import Classification
+    import delib.archive.run_folder as archive
+    import delib.debate.nodes as nodes
+    import delib.debate.recorder as record
+    import delib.debate.runner as runner
+    import delib.debate.speaking as speaking
+    from delib.detect.refusal import Classification
 
     if "inflight" in parts:
         for name in ("inflight_start", "inflight_text", "inflight_done"):

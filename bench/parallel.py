@@ -22,10 +22,10 @@ from pathlib import Path
 import yaml
 
 from bench.common import fake_server, median, temp_archive
-from delib.config import Overrides
-from delib.folders import read_records
-from delib.runner import RunRequest, run_debate
-from delib.scenarios import Protocol
+from delib.archive.reading import read_records
+from delib.debate.runner import RunRequest, run_debate
+from delib.library.scenarios import Protocol
+from delib.models.config import Overrides
 
 BASE_PERSONA = {
     "role": "a panelist in a benchmark debate",

@@ -3,7 +3,7 @@
     python -m bench.refusals [--tiny]
 
 Sources are the labelled files in ``tests/data`` (the XSTest file split by model). For each
-source, the classifier is trained (``delib.train_refusal``) on all the others and measured on
+source, the classifier is trained (``delib.detect.train_refusal``) on all the others and measured on
 it: the headline. Beside it, the in-sample figure (trained on everything, as shipped) and the
 first, hand-weighted rules (``refusal.rule_score`` at 0.5, the classifier before the model).
 Binary: full refusal vs. compliance, partial apart; F1 is undefined for a source without
@@ -16,9 +16,9 @@ import argparse
 import json
 import time
 
-from delib.refusal import classify, rule_score
-from delib.refusal_eval import GOLD_LABELS, binary_figures, macro
-from delib.train_refusal import default_files, examples, figures, fit, leave_one_out, sources
+from delib.detect.refusal import classify, rule_score
+from delib.detect.refusal_eval import GOLD_LABELS, binary_figures, macro
+from delib.detect.train_refusal import default_files, examples, figures, fit, leave_one_out, sources
 
 TINY_ROWS = 60  # rows per source in the tiny configuration
 

@@ -229,8 +229,9 @@ def report(tiny: bool) -> str:
     lines += [f"- {key}: {value}" for key, value in machine().items()]
     lines += [
         "",
-        "The test server (`delib/testing.py`) runs in its own process for every benchmark, so "
-        "its CPU is not counted as delib's. Ratios are measured side by side in one run.",
+        "The test server (`delib/testing/server.py`) runs in its own process for every "
+        "benchmark, so its CPU is not counted as delib's. Ratios are measured side by side in "
+        "one run.",
         "",
         "## 1. Orchestration overhead",
         "",

@@ -32,8 +32,8 @@ from datetime import datetime
 from typing import Any
 
 from bench.common import Stopwatch, fake_server, median, temp_archive
-from delib.config import Overrides
-from delib.runner import Run, RunRequest
+from delib.debate.runner import Run, RunRequest
+from delib.models.config import Overrides
 
 SCENARIOS = ["alignment-difficulty", "corrigibility"]
 LATENCY = 0.05  # seconds before each reply
@@ -48,7 +48,7 @@ def _database(server: Any, name: str) -> str:
 
 
 def _spec(urls: list[str], debates: int, concurrency: int) -> Any:
-    from delib.sweep import SweepSpec
+    from delib.experiments.sweep import SweepSpec
 
     per_seed = len(SCENARIOS) * len(urls)
     seeds = list(range(1, max(1, debates // per_seed) + 1))
@@ -80,7 +80,7 @@ class Probe:
     ``stop`` gives the commit latencies."""
 
     def __init__(self, dsn: str, every: float = 0.05) -> None:
-        from delib.pgstore import PgStore
+        from delib.archive.pgstore import PgStore
 
         self.store = PgStore.connect(dsn)
         self.handle = self.store.create_run("probe")
@@ -143,9 +143,9 @@ def _ledger_span(store: Any, name: str) -> float:
 
 def ray_sweep(server: Any, urls: list[str], debates: int, workers: int, concurrency: int) -> dict:
     """One sweep on a fresh database and a fresh local cluster of ``workers`` processes."""
-    from delib.pgstore import PgStore
-    from delib.ray_engine import run_on_ray
-    from delib.sweep import expand
+    from delib.archive.pgstore import PgStore
+    from delib.experiments.ray_engine import run_on_ray
+    from delib.experiments.sweep import expand
 
     dsn = _database(server, f"scale_w{workers}_{int(time.time())}")
     store = PgStore.connect(dsn)
@@ -182,7 +182,7 @@ def ray_sweep(server: Any, urls: list[str], debates: int, workers: int, concurre
 
 def idle_writes(server: Any, n: int = 400) -> dict:
     """Commit latency with nothing else running: the database against the folder archive."""
-    from delib.archive import RunFolder
+    from delib.archive.run_folder import RunFolder
 
     probe = Probe(_database(server, f"idle_{int(time.time())}"), every=0.0).start()
     while len(probe.samples) < n:
@@ -245,10 +245,10 @@ def per_turn_cost(server: Any, base_url: str, repeats: int, rounds: int) -> dict
 def saver_settings(server: Any, urls: list[str], debates: int) -> list[dict]:
     """A local sweep of ``debates`` at 16 at once, with LangGraph's saver shared or per run,
     and the pool at 1 or 16 connections."""
-    from delib import pgrun
-    from delib.pgstore import PgStore
-    from delib.sweep import expand
-    from delib.sweep_run import run_sweep
+    from delib.archive import pgrun
+    from delib.archive.pgstore import PgStore
+    from delib.experiments.sweep import expand
+    from delib.experiments.sweep_run import run_sweep
 
     rows = []
     for shared, pool in ((False, 16), (True, 16), (False, 1)):
@@ -276,7 +276,7 @@ def saver_settings(server: Any, urls: list[str], debates: int) -> list[dict]:
 
 
 def measure(debates: int, workers: list[int], concurrency: int, tiny: bool = False) -> dict:
-    from delib.pgtemp import TempPostgres
+    from delib.testing.pgtemp import TempPostgres
 
     with ExitStack() as stack:
         server = stack.enter_context(TempPostgres(max_connections=400))

@@ -14,8 +14,8 @@ import json
 import time
 
 from bench.common import fake_server, in_fresh_process, peak_rss_mib, temp_archive
-from delib.sweep import SweepSpec, expand
-from delib.sweep_run import run_sweep
+from delib.experiments.sweep import SweepSpec, expand
+from delib.experiments.sweep_run import run_sweep
 
 SCENARIOS = ["alignment-difficulty", "corrigibility"]
 

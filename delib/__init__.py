@@ -16,13 +16,9 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+source"
 
-from delib.config import Overrides  # noqa: E402
-from delib.errors import DelibError  # noqa: E402
-from delib.loops import LoopConfig, LoopMode  # noqa: E402
-from delib.personas import Persona  # noqa: E402
-from delib.prepare import RunRequest  # noqa: E402
-from delib.result import RunFailed, RunResult  # noqa: E402
-from delib.runner import (  # noqa: E402
+from delib.debate.prepare import RunRequest  # noqa: E402
+from delib.debate.result import RunFailed, RunResult  # noqa: E402
+from delib.debate.runner import (  # noqa: E402
     Run,
     aresume,
     arun,
@@ -31,8 +27,12 @@ from delib.runner import (  # noqa: E402
     run,
     run_debate,
 )
-from delib.scenarios import Limits, Protocol, Scenario  # noqa: E402
-from delib.state import StopReason  # noqa: E402
+from delib.debate.state import StopReason  # noqa: E402
+from delib.detect.loops import LoopConfig, LoopMode  # noqa: E402
+from delib.errors import DelibError  # noqa: E402
+from delib.library.personas import Persona  # noqa: E402
+from delib.library.scenarios import Limits, Protocol, Scenario  # noqa: E402
+from delib.models.config import Overrides  # noqa: E402
 
 __all__ = [
     "DelibError",

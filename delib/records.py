@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
-from delib.stance import Stance
+from delib.detect.stance import Stance
 
 # 2: manifests carry schema_version; the graph state holds counters, not the turn list.
 SCHEMA_VERSION = 2

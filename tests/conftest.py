@@ -88,7 +88,7 @@ def pg_server():
     """A real PostgreSQL server for the session, in a temporary folder on loopback. Without the
     server binaries or psycopg the tests that need it skip, unless DELIB_REQUIRE_POSTGRES=1
     (CI), which makes them fail."""
-    from delib.pgtemp import find_bin
+    from delib.testing.pgtemp import find_bin
 
     missing = None
     try:
@@ -101,7 +101,7 @@ def pg_server():
         if os.environ.get("DELIB_REQUIRE_POSTGRES") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
-    from delib.pgtemp import TempPostgres
+    from delib.testing.pgtemp import TempPostgres
 
     with TempPostgres() as pg:
         yield pg

@@ -8,12 +8,12 @@ import dataclasses
 
 import pytest
 
-from delib.config import Endpoint, EndpointConfig, SpeakerSettings
-from delib.endpoints import Clients
-from delib.personas import Persona
-from delib.scenarios import Protocol, Scenario
-from delib.speaking import TurnSpec, ask_ahead, cancel_ahead, speak_turn
-from delib.state import DebateContext, MemoryLog
+from delib.debate.speaking import TurnSpec, ask_ahead, cancel_ahead, speak_turn
+from delib.debate.state import DebateContext, MemoryLog
+from delib.library.personas import Persona
+from delib.library.scenarios import Protocol, Scenario
+from delib.models.config import Endpoint, EndpointConfig, SpeakerSettings
+from delib.models.endpoints import Clients
 from delib.testing import FakeOpenAIServer, FakeTransport
 
 
@@ -154,8 +154,8 @@ def test_every_streamed_turn_of_a_run_streams_in_order(
     asked ahead stream turn_start, tokens, then the turn, with the turn's text in the tokens,
     and no message is lost to an error in a callback. In ``corrigibility`` the moderator
     chooses each speaker, a choice asked ahead too: one request per turn and per choice."""
-    from delib.config import Overrides
-    from delib.runner import RunRequest, run_debate
+    from delib.debate.runner import RunRequest, run_debate
+    from delib.models.config import Overrides
 
     server.delay = 0.02
     messages: list[dict] = []
@@ -188,7 +188,7 @@ def test_the_verdict_is_asked_ahead_when_the_budget_has_room_for_it():
     (its turn waits in ``ctx.ahead``), unless the budget would skip the verdict."""
     from types import SimpleNamespace
 
-    from delib.nodes import ask_next
+    from delib.debate.nodes import ask_next
 
     fake = FakeOpenAIServer()
     fake.enqueue('{"summary": "s"}')

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import delib
+from delib.archive.reading import read_manifest, read_records
+from delib.debate.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.errors import EndpointFailed, SettingError, UnknownIdError
-from delib.folders import read_manifest, read_records
-from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 from delib.testing import FakeOpenAIServer, FakeTransport, Fault, debate_responder
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import delib_process
 
-from delib.config import Overrides
-from delib.index import INDEX_FILE, MIGRATIONS, Index, stamp
-from delib.runner import RunRequest, run_debate
+from delib.archive.index import INDEX_FILE, MIGRATIONS, Index, stamp
+from delib.debate.runner import RunRequest, run_debate
+from delib.models.config import Overrides
 from delib.testing import FakeOpenAIServer, Fault
 
 UNIQUE_WORD = "quillwort"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from delib.config import Overrides
-from delib.folders import read_manifest, read_records
-from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
-from delib.runner import RunRequest, run_debate
-from delib.scenarios import Protocol
-from delib.state import StopReason
+from delib.archive.reading import read_manifest, read_records
+from delib.debate.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
+from delib.debate.runner import RunRequest, run_debate
+from delib.debate.state import StopReason
+from delib.library.scenarios import Protocol
+from delib.models.config import Overrides
 from delib.testing import FakeOpenAIServer, debate_responder
 
 PARTICIPANTS = ["philosopher", "oversight", "interpretability"]  # alignment-difficulty's panel

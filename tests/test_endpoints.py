@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from delib.config import Endpoint, EndpointConfig
-from delib.endpoints import SENT, EndpointClient, Prompt
 from delib.errors import AuthError, EndpointFailed, EndpointUnreachable, UnknownModel
+from delib.models.config import Endpoint, EndpointConfig
+from delib.models.endpoints import SENT, EndpointClient, Prompt
 from delib.testing import FakeOpenAIServer, FakeTransport, Fault
 
 PROMPT = Prompt(

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import delib
-from delib.folders import read_records
-from delib.render import LiveView, markdown
-from delib.terminal import inert
+from delib.archive.markdown import LiveView, markdown
+from delib.archive.reading import read_records
 from delib.testing import FakeOpenAIServer, FakeTransport
+from delib.text import inert
 
 FAKE_URL = "http://fake.invalid/v1"
 PERSONA = "id: odd\nname: {name}\nrole: {role}\nprompt: You are odd.\n"

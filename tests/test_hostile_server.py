@@ -190,7 +190,7 @@ def test_markup_in_a_model_id_and_a_server_error_is_text(cli, tmp_path) -> None:
 def test_a_reply_far_past_max_tokens_is_counted_whole_and_stored_capped(
     cli, server, tmp_path, stream
 ) -> None:
-    from delib.replies import MIN_KEPT_CHARS
+    from delib.models.replies import MIN_KEPT_CHARS
 
     huge = "x" * 2_000_000  # one "word": the fake server's max_tokens cut does not touch it
     server.chunk_chars = 100_000

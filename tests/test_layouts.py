@@ -3,9 +3,9 @@ turns without labels, a short cue; verdicts and speaker choices keep their full 
 
 from __future__ import annotations
 
-from delib import prompts
-from delib.personas import persona_library
-from delib.scenarios import scenario_library
+from delib.debate import prompts
+from delib.library.personas import persona_library
+from delib.library.scenarios import scenario_library
 
 
 def _setup():

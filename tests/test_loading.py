@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from delib.errors import FileFormatError, UnknownIdError
-from delib.library import builtin_dir, load_file
-from delib.personas import Persona, persona_library
-from delib.scenarios import Protocol, Scenario, cast_for, scenario_library
+from delib.library.files import builtin_dir, load_file
+from delib.library.personas import Persona, persona_library
+from delib.library.scenarios import Protocol, Scenario, cast_for, scenario_library
 
 REQUIRED_PERSONAS = {
     "philosopher",

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import delib_process
 
-from delib.gguf import read_metadata
-from delib.local import LocalServer
-from delib.local_models import extra_installed, gguf_model, model_for
+from delib.models.gguf import read_metadata
+from delib.models.local import LocalServer
+from delib.models.local_models import extra_installed, gguf_model, model_for
 from delib.testing import FakeOpenAIServer
 
 REQUIRE = os.environ.get("DELIB_REQUIRE_EMBEDDED") == "1"
@@ -445,7 +445,7 @@ def test_a_long_debate_in_a_small_context_folds_into_a_rolling_summary(
     """61 turns against a 2048-token endpoint: every prompt fits beside its reply, the oldest
     turns are folded into a summary that keeps each speaker's latest position, and what the
     summary costs is recorded on the turn."""
-    from delib.prompts import FOLD_STEP, _gist
+    from delib.debate.prompts import FOLD_STEP, _gist
 
     (isolated / "delib.toml").write_text(
         f'[endpoints.small]\nbase_url = "{server.base_url}"\ncontext_tokens = 2048\n'

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from delib.config import Overrides
-from delib.folders import read_manifest, read_records
-from delib.loops import LoopConfig, LoopMode, detect
-from delib.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
-from delib.refusal import classify
-from delib.runner import RunRequest, run_debate
-from delib.scenarios import Protocol
-from delib.state import StopReason
+from delib.archive.reading import read_manifest, read_records
+from delib.debate.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
+from delib.debate.runner import RunRequest, run_debate
+from delib.debate.state import StopReason
+from delib.detect.loops import LoopConfig, LoopMode, detect
+from delib.detect.refusal import classify
+from delib.library.scenarios import Protocol
+from delib.models.config import Overrides
 from delib.testing import FakeOpenAIServer, debate_responder
 
 DATA = Path(__file__).parent / "data" / "refusals-dev.jsonl"
@@ -91,7 +91,7 @@ def test_the_word_start_searches_find_what_the_plain_alternations_find():
     reply here, and on the odd inputs, it finds the same first match as the plain alternation."""
     import re
 
-    from delib import refusal
+    from delib.detect import refusal
 
     cues = refusal.FOLDED
     lists = {
@@ -120,7 +120,7 @@ def test_the_lowered_cues_find_what_the_case_folding_cues_find():
     """ASCII text is lower-cased once and searched case-sensitively (``refusal.LOWERED``):
     on every labelled reply, and on the same replies upper-cased, swapped and title-cased,
     each cue matches where the case-folding one does, the same number of times."""
-    from delib import refusal
+    from delib.detect import refusal
 
     folded, lowered = refusal.FOLDED, refusal.LOWERED
     names = [f.name for f in dataclasses.fields(refusal.Cues)]
@@ -142,7 +142,7 @@ def test_the_lowered_cues_find_what_the_case_folding_cues_find():
 
 
 def test_lowered_keeps_escapes_and_lowers_letters():
-    from delib.refusal import lowered
+    from delib.detect.refusal import lowered
 
     assert lowered(r"\bI (?:CAN'T|\S+)\W[A-Z]") == r"\bi (?:can't|\S+)\W[a-z]"
 
@@ -450,7 +450,7 @@ def test_the_shipped_weights_are_what_training_gives():
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "delib.train_refusal", "--check"],
+        [sys.executable, "-m", "delib.detect.train_refusal", "--check"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

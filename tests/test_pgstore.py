@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import delib_process
 
-from delib.pgstore import PgStore
+from delib.archive.pgstore import PgStore
 from delib.testing import FakeOpenAIServer, Fault
 
 SCENARIO = "alignment-difficulty"
@@ -134,7 +134,7 @@ def test_copy_folder_to_postgres_and_back_is_lossless_and_resumable(cli, server,
     code, out, err = cli("archive", "copy", pg, str(back))
     assert code == 0, err
 
-    from delib.store import open_store
+    from delib.archive.store import open_store
 
     a, b = open_store(folder), open_store(back)
     assert sorted(a.run_ids()) == sorted(b.run_ids())
@@ -233,7 +233,7 @@ def test_many_processes_opening_a_new_database_at_once_migrate_it_once(pg):
 def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_path):
     """PostgreSQL stops while a debate is being written: one error line, no traceback, exit 1;
     the finished turns are committed, and once the server is back the run resumes."""
-    from delib.pgtemp import TempPostgres, find_bin
+    from delib.testing.pgtemp import TempPostgres, find_bin
 
     if find_bin() is None:
         pytest.skip("no PostgreSQL server binaries")
@@ -266,8 +266,8 @@ def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_pat
 def test_pool_pins_are_counted_across_processes_and_freed_with_the_session(pg, server):
     import asyncio
 
-    from delib.pgrun import connect
-    from delib.pool import ServerPool
+    from delib.archive.pgrun import connect
+    from delib.models.pool import ServerPool
 
     PgStore.connect(pg).close()
     other = "http://127.0.0.1:9/v1"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import delib_process
 
-from delib.pgstore import PgStore
+from delib.archive.pgstore import PgStore
 from delib.testing import FakeOpenAIServer
 
 if os.environ.get("DELIB_REQUIRE_POSTGRES") != "1":

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from delib.metrics import agreement_chain, cost, novelty, run_metrics, stance_summary
-from delib.stance import split
+from delib.detect.metrics import agreement_chain, cost, novelty, run_metrics, stance_summary
+from delib.detect.stance import split
 from delib.testing import FakeOpenAIServer
 from tests.test_html_browser import browser  # noqa: F401 (the fixture)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import delib_process
 
-from delib.prompts import VERDICT_MARKER
+from delib.debate.prompts import VERDICT_MARKER
 from delib.testing import FakeOpenAIServer, Fault
 
 SCENARIO = "alignment-difficulty"
@@ -309,8 +309,8 @@ def test_the_in_flight_file_of_a_finished_turn_is_dropped_without_a_trace(tmp_pa
     """A finished turn's in-flight file goes a moment after the turn is written
     (``archive.AFTER_DELAY``): a run killed in between leaves both. Resume keeps the turn,
     drops the file and records nothing discarded; a turn that never finished is discarded."""
-    from delib.archive import RunFolder
-    from delib.resume import apply, reconcile
+    from delib.archive.run_folder import RunFolder
+    from delib.debate.resume import apply, reconcile
 
     folder = RunFolder.create(tmp_path, "s")
     folder.inflight_start(0, {"speaker": "m", "kind": "opening", "started_at": "t"})

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from langgraph.types import Send
 
-from delib.config import Endpoint, EndpointConfig, SpeakerSettings
-from delib.endpoints import Clients
-from delib.ladder import LADDER, climb, resolved
-from delib.loops import Detection, LoopMode
-from delib.personas import Persona
-from delib.records import estimate_tokens
-from delib.routing import (
+from delib.debate.ladder import LADDER, climb, resolved
+from delib.debate.routing import (
     CONTEXT_MARGIN,
     MIN_REPLY_TOKENS,
     VERDICT_MIN_TOKENS,
@@ -26,8 +21,13 @@ from delib.routing import (
     verdict_tokens,
     visible,
 )
-from delib.scenarios import Limits, Protocol, Scenario
-from delib.state import DebateContext, MemoryLog
+from delib.debate.state import DebateContext, MemoryLog
+from delib.detect.loops import Detection, LoopMode
+from delib.library.personas import Persona
+from delib.library.scenarios import Limits, Protocol, Scenario
+from delib.models.config import Endpoint, EndpointConfig, SpeakerSettings
+from delib.models.endpoints import Clients
+from delib.records import estimate_tokens
 
 PANEL = ["a", "b", "c"]
 
@@ -258,7 +258,7 @@ def test_a_ladder_resets_after_quiet_turns():
 def test_the_architecture_page_draws_the_graph_as_it_is():
     from pathlib import Path
 
-    from delib.graph import diagram
+    from delib.debate.graph import diagram
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
     assert diagram().strip() in page

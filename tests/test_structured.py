@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import delib
-from delib.folders import read_records
-from delib.prompts import SELECT_MARKER, VERDICT_MARKER
-from delib.scenarios import Protocol
+from delib.archive.reading import read_records
+from delib.debate.prompts import SELECT_MARKER, VERDICT_MARKER
+from delib.library.scenarios import Protocol
 from delib.testing import FakeOpenAIServer, FakeTransport
 
 FAKE_URL = "http://fake.invalid/v1"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from delib.sweep import SweepSpec, expand, load, participant_order, runs_of
+from delib.experiments.sweep import SweepSpec, expand, load, participant_order, runs_of
 from delib.testing import FakeOpenAIServer
 from tests.conftest import delib_process
 from tests.test_html_browser import browser  # noqa: F401 (the fixture)

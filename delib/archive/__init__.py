@@ -1,0 +1,1 @@
+"""Where runs are kept: run folders and their SQLite index, or a PostgreSQL database."""

@@ -1,0 +1,363 @@
+"""One turn: the speaker's prompt, one model call, the turn record, the stream messages.
+
+Every finished turn and event goes first to the run's log (durable when ``add`` returns), then
+on the graph's custom stream for whoever watches. Stream messages are dicts with a ``kind``:
+
+    turn_start  index, speaker, name, round, role, turn_kind[, recovered]
+    token       index, speaker, text        (streamed replies only; chunks that arrive
+                                             together come as one message)
+    retry       index, speaker, attempt, error
+    turn        turn[, recovered]
+    event       event
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from delib.debate import prompts
+from delib.debate.routing import prompt_limit, reply_cap
+from delib.debate.state import DebateContext
+from delib.detect import stance as stances
+from delib.detect.refusal import classify
+from delib.library.personas import Persona
+from delib.models.endpoints import SENT, Prompt, Reply
+from delib.records import Event, Tokens, Turn, estimate_tokens, make_event, now
+
+Writer = Callable[[dict], None]
+
+
+# No tokenizer puts more characters than this in one token: a reply longer than its reported
+# completion tokens allow was counted wrong (or not capped by the server), and is estimated.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def token_counts(reply: Reply, prompt: Prompt) -> Tokens:
+    """What the server reported, else (or where the report cannot be true) an estimate from
+    all the text received."""
+    received = max(reply.received_chars, len(reply.text))
+    implausible = (reply.completion_tokens or 0) * MAX_CHARS_PER_TOKEN < received
+    if reply.usage_reported and not implausible:
+        return {
+            "prompt": reply.prompt_tokens or 0,
+            "completion": reply.completion_tokens or 0,
+            "estimated": False,
+        }
+    return {
+        "prompt": reply.prompt_tokens or estimate_tokens(prompt.chars()),
+        "completion": estimate_tokens(received),
+        "estimated": True,
+    }
+
+
+def emit(ctx: DebateContext, writer: Writer, name: str, **fields: Any) -> Event:
+    """Record an event and announce it."""
+    event = make_event(name, **fields)
+    ctx.log.add(event)
+    writer({"kind": "event", "event": event})
+    return event
+
+
+def build_prompt(
+    ctx: DebateContext, speaker: Persona, turns: list[Turn], instruction: str, reply_tokens: int
+) -> Prompt:
+    """The speaker's prompt, trimmed to its endpoint's context if that is known."""
+    endpoint = ctx.speakers[speaker.id].endpoint
+    limit = prompt_limit(endpoint.config.context_tokens, reply_tokens)
+    layout = ctx.prompt_layout or endpoint.layout()
+    return prompts.build(speaker, ctx.scenario, ctx.cast, turns, instruction, limit, layout)
+
+
+async def call(
+    ctx: DebateContext,
+    writer: Writer,
+    speaker: Persona,
+    prompt: Prompt,
+    *,
+    index: int,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stream: bool | None = None,
+    model: str | None = None,
+    schema: tuple[str, dict[str, Any]] | None = None,
+) -> Reply:
+    """One model call for this speaker, streaming tokens and retries to the writer; with
+    ``schema``, asking for JSON that fits it where the endpoint can."""
+    settings = ctx.speakers[speaker.id]
+    client = ctx.clients.get(settings.endpoint)
+    streaming = ctx.stream if stream is None else stream
+
+    loop = asyncio.get_running_loop()
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            text = "".join(pending)
+            pending.clear()
+            ctx.log.token(index, text)
+            writer({"kind": "token", "index": index, "speaker": speaker.id, "text": text})
+
+    def on_token(text: str) -> None:
+        # Chunks that arrive together (one read from the socket) go out as one message at
+        # the end of that turn of the event loop; a chunk on its own goes out at once.
+        if not pending:
+            loop.call_soon(flush)
+        pending.append(text)
+
+    def on_retry(attempt: int, error: str) -> None:
+        flush()
+        message = {"kind": "retry", "index": index, "speaker": speaker.id}
+        writer({**message, "attempt": attempt, "error": error})
+
+    assert settings.model is not None
+    cap = reply_cap(
+        max_tokens or settings.max_tokens, prompt.chars(), settings.endpoint.config.context_tokens
+    )
+    try:
+        return await client.complete(
+            prompt,
+            model=model or settings.model,
+            temperature=settings.temperature if temperature is None else temperature,
+            max_tokens=cap,
+            seed=ctx.seed,
+            stream=streaming,
+            on_token=on_token if streaming else None,
+            on_retry=on_retry,
+            schema=schema,
+        )
+    finally:
+        flush()  # every token message before the turn's own
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnSpec:
+    """What a turn is spoken with: who, where in the run, what they see and are asked."""
+
+    speaker: Persona
+    index: int
+    round_no: int
+    kind: str
+    visible: list[Turn]
+    instruction: str
+    max_tokens: int | None = None
+    stream: bool | None = None
+    model: str | None = None
+    schema: tuple[str, dict[str, Any]] | None = None
+
+
+class Relay:
+    """The writer of a turn asked ahead: its messages go to the step that asked for it (held,
+    when it was asked before the graph started) until the step that takes the turn up gives
+    its own writer (``to``). LangGraph's writer finds its step in the caller's context
+    variables, and the request's task has the asking step's (or none), so the messages are
+    written in the context of the step that takes the turn up."""
+
+    def __init__(self, writer: Writer | None) -> None:
+        self.writer = writer
+        self.held: list[dict] = []
+        self.context: contextvars.Context | None = None
+
+    def __call__(self, message: dict) -> None:
+        if self.writer is None:
+            self.held.append(message)
+        elif self.context is None:
+            self.writer(message)
+        else:
+            self.context.run(self.writer, message)
+
+    def to(self, writer: Writer) -> None:
+        """Called in the step that takes the turn up."""
+        self.writer = writer
+        self.context = contextvars.copy_context()
+        for message in self.held:
+            writer(message)
+        self.held.clear()
+
+
+@dataclasses.dataclass
+class Asked:
+    """A turn asked ahead: its request in flight, what the turn record needs from before the
+    reply, and where its messages go."""
+
+    spec: TurnSpec
+    prompt: Prompt
+    started_at: str
+    reply: asyncio.Task[Reply]
+    relay: Relay
+
+
+def _start(ctx: DebateContext, spec: TurnSpec) -> dict:
+    speaker = spec.speaker
+    return {
+        "kind": "turn_start",
+        "index": spec.index,
+        "speaker": speaker.id,
+        "name": speaker.name,
+        "round": spec.round_no,
+        "role": ctx.role(speaker.id),
+        "turn_kind": spec.kind,
+    }
+
+
+def _ask(
+    ctx: DebateContext, writer: Writer, spec: TurnSpec, *, begin: bool = True
+) -> tuple[Prompt, str, Coroutine[Any, Any, Reply]]:
+    """Announce the turn, open its in-flight record (unless ``begin`` is false) and build its
+    prompt; the model call is returned for the caller to await (or to send ahead)."""
+    start = _start(ctx, spec)
+    speaker = spec.speaker
+    if begin:
+        ctx.log.begin(spec.index, speaker.id, spec.kind)
+    writer(start)
+    settings = ctx.speakers[speaker.id]
+    prompt = build_prompt(
+        ctx, speaker, spec.visible, spec.instruction, spec.max_tokens or settings.max_tokens
+    )
+    started_at = now()
+    request = call(
+        ctx, writer, speaker, prompt, index=spec.index, max_tokens=spec.max_tokens,
+        stream=spec.stream, model=spec.model, schema=spec.schema,
+    )  # fmt: skip
+    return prompt, started_at, request
+
+
+async def ask_ahead(ctx: DebateContext, writer: Writer | None, spec: TurnSpec) -> None:
+    """Send the request of a turn that is certain to come next, before its step begins, and
+    return once it is on the wire (or has already finished, or failed: the step that takes it
+    up reports that). The step in between (LangGraph's commit and checkpoint of the one that
+    planned it; for a new run's opening, opening the checkpoints and starting the graph) then
+    runs while the model answers. ``speak_turn`` for the same index, speaker and kind picks the
+    reply up; ``cancel_ahead`` drops one never picked up. The turn's in-flight record is opened
+    once the request is out, before any of the reply is read. ``writer`` is None before the
+    graph has started: the turn's messages wait for its step."""
+    if spec.index in ctx.recovered or spec.index in ctx.ahead:
+        return
+    relay = Relay(writer)
+    prompt, started_at, request = _ask(ctx, relay, spec, begin=False)
+    reply, on_the_wire = _sending(request)
+    ctx.ahead[spec.index] = Asked(spec, prompt, started_at, reply, relay)
+    try:
+        await _until_sent(reply, on_the_wire)
+    finally:
+        ctx.log.begin(spec.index, spec.speaker.id, spec.kind)
+
+
+@dataclasses.dataclass
+class Chosen:
+    """A moderator's choice of speaker asked ahead: its request in flight and its prompt."""
+
+    prompt: Prompt
+    reply: asyncio.Task[Reply]
+    relay: Relay
+
+
+async def choose_ahead(
+    ctx: DebateContext,
+    writer: Writer,
+    index: int,
+    prompt: Prompt,
+    request: Callable[[Writer], Coroutine[Any, Any, Reply]],
+) -> None:
+    """``ask_ahead`` for the moderator's choice of who speaks turn ``index``: ``request``
+    makes the call with the writer given; ``select`` takes the reply up (``take_choice``)."""
+    if index in ctx.choices:
+        return
+    relay = Relay(writer)
+    reply, on_the_wire = _sending(request(relay))
+    ctx.choices[index] = Chosen(prompt, reply, relay)
+    await _until_sent(reply, on_the_wire)
+
+
+def take_choice(ctx: DebateContext, writer: Writer, index: int) -> Chosen | None:
+    """The choice asked ahead for turn ``index``, if there is one, its messages now going to
+    ``writer``."""
+    chosen = ctx.choices.pop(index, None)
+    if chosen is not None:
+        chosen.relay.to(writer)
+    return chosen
+
+
+def _sending(request: Coroutine[Any, Any, Reply]) -> tuple[asyncio.Task[Reply], asyncio.Event]:
+    """The call in a task of its own, and the event its request hook sets once the request
+    is on the wire (``endpoints.SENT``)."""
+    on_the_wire = asyncio.Event()
+    context = contextvars.copy_context()
+    context.run(SENT.set, on_the_wire)
+    return asyncio.get_running_loop().create_task(request, context=context), on_the_wire
+
+
+async def _until_sent(reply: asyncio.Task[Reply], on_the_wire: asyncio.Event) -> None:
+    sent = asyncio.ensure_future(on_the_wire.wait())
+    try:
+        await asyncio.wait({sent, reply}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sent.cancel()
+
+
+def cancel_ahead(ctx: DebateContext) -> None:
+    """Cancel requests sent ahead whose step never came (the run stopped in between)."""
+    for asked in [*ctx.ahead.values(), *ctx.choices.values()]:
+        if asked.reply.done() and not asked.reply.cancelled():
+            asked.reply.exception()  # a failure no step will report: retrieved, not warned of
+        asked.reply.cancel()
+    ctx.ahead.clear()
+    ctx.choices.clear()
+
+
+async def speak_turn(
+    ctx: DebateContext, writer: Writer, spec: TurnSpec, *, stance: bool = False
+) -> Turn:
+    """Speak one turn (or take the reply of one asked ahead), record it and announce it;
+    returns the turn record. With ``stance``, the reply's closing stance line is parsed and
+    taken out of the text."""
+    speaker, index, kind = spec.speaker, spec.index, spec.kind
+    done = ctx.recovered.get(index)
+    if done is not None and done["speaker"] == speaker.id and done["kind"] == kind:
+        writer({**_start(ctx, spec), "recovered": True})
+        ctx.log.add(done)
+        writer({"kind": "turn", "turn": done, "recovered": True})
+        return done
+    asked = ctx.ahead.pop(index, None)
+    if asked is not None and (asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind):
+        asked.relay.to(writer)
+        prompt, started_at, reply = asked.prompt, asked.started_at, await asked.reply
+    else:
+        if asked is not None:  # not the turn it was asked for
+            asked.reply.cancel()
+        prompt, started_at, request = _ask(ctx, writer, spec)
+        reply = await request
+    settings = ctx.speakers[speaker.id]
+    text, position = stances.split(reply.text) if stance else (reply.text, None)
+    turn: Turn = {
+        "type": "turn",
+        "index": index,
+        "round": spec.round_no,
+        "speaker": speaker.id,
+        "name": speaker.name,
+        "role": ctx.role(speaker.id),  # type: ignore[typeddict-item]
+        "kind": kind,  # type: ignore[typeddict-item]
+        "text": text,
+        "refusal": dataclasses.asdict(classify(text)),  # type: ignore[typeddict-item]
+        "model": reply.model,
+        "endpoint": settings.endpoint.name,
+        "tokens": token_counts(reply, prompt),
+        "latency": round(reply.latency, 3),
+        "finish_reason": reply.finish_reason,
+        "started_at": started_at,
+    }
+    if position is not None:
+        turn["stance"] = position
+    if reply.timings:
+        turn["timings"] = reply.timings
+    if reply.truncated:  # a server that ignored max_tokens: the rest was counted, not kept
+        turn["truncated"] = {"received_chars": reply.received_chars, "kept_chars": len(reply.text)}
+    if prompt.omitted:
+        turn["omitted_turns"] = prompt.omitted
+        turn["summary_tokens"] = estimate_tokens(prompt.summary_chars)
+    ctx.log.add(turn)
+    writer({"kind": "turn", "turn": turn})
+    return turn

@@ -1,0 +1,1 @@
+"""Experiments over many runs: sweeps, their reports, comparisons and the Ray engine."""

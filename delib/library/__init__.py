@@ -1,0 +1,1 @@
+"""The YAML files people write: personas and scenarios, found and validated."""

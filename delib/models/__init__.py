@@ -1,0 +1,1 @@
+"""Talking to models: endpoint settings, clients and retries, probing, the embedded server."""

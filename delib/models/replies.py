@@ -1,0 +1,193 @@
+"""Reading one chat completion off the wire, whole or streamed, trusting nothing in it.
+
+A reply is finished only when the server says so: a finish reason (streams also end with
+``[DONE]``, which the client consumes). Anything else with status 200 (a body that is not a
+chat completion, no choices, garbage or non-UTF-8 events, an error event in the middle of a
+stream, a stream closed early) raises ``BadReply``, which is retried like a 5xx. Two deadlines
+hold for every request: ``timeout`` for the whole of it and ``idle_timeout`` between streamed
+chunks; running past either raises ``Stalled``. Lone surrogates, which no file can hold, become
+U+FFFD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pydantic
+from openai.types.chat import ChatCompletion
+
+from delib.models.failures import BadReply, Stalled
+
+TokenCallback = Callable[[str], None]
+# A reply longer than its max_tokens allows (a server that ignores the cap) is kept up to this
+# many characters a token, at least MIN_KEPT_CHARS; the rest is counted, not stored.
+KEPT_CHARS_PER_TOKEN = 16
+MIN_KEPT_CHARS = 32_000
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What the client raises when a 200 body or an event is not what it claims to be.
+MALFORMED = (
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+    pydantic.ValidationError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+
+
+@dataclass
+class Reply:
+    """A finished model reply and what it cost."""
+
+    text: str
+    model: str
+    latency: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    timings: dict[str, Any] | None = None  # llama.cpp reports prompt/eval timings
+    received_chars: int = 0  # all that came, when more than ``text`` keeps
+
+    @property
+    def usage_reported(self) -> bool:
+        return self.prompt_tokens is not None or self.completion_tokens is not None
+
+    @property
+    def truncated(self) -> bool:
+        return self.received_chars > len(self.text)
+
+
+def kept_chars(params: dict[str, Any]) -> int:
+    """How much of a reply is stored, for its max_tokens."""
+    return max(MIN_KEPT_CHARS, int(params.get("max_tokens") or 0) * KEPT_CHARS_PER_TOKEN)
+
+
+def clean(text: str) -> str:
+    """Text that can be written as UTF-8: lone surrogates become U+FFFD."""
+    if text.isascii():  # most chunks: no search needed
+        return text
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _malformed(exc: BaseException) -> BadReply:
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
+        return BadReply(f"the server reported an error mid-reply: {exc.message}")
+    detail = str(exc).split("\n", 1)[0][:200]
+    return BadReply(f"the reply was malformed ({type(exc).__name__}: {detail})")
+
+
+async def read_whole(client: openai.AsyncOpenAI, params: dict[str, Any], timeout: float) -> Reply:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.chat.completions.create(**params)
+    except TimeoutError:
+        raise Stalled("timeout", timeout, "did not answer within") from None
+    except MALFORMED as exc:
+        raise _malformed(exc) from None
+    if not isinstance(response, ChatCompletion):
+        raise BadReply(f"the body is not a chat completion ({type(response).__name__})")
+    try:
+        choice = response.choices[0]
+        text = choice.message.content
+        finish = choice.finish_reason
+    except (*MALFORMED, IndexError):
+        raise BadReply("the reply has no choices") from None
+    if finish is None or not isinstance(text, str | None):
+        raise BadReply("the reply has no finish reason: it was cut short")
+    usage = response.usage
+    extra = response.model_extra or {}
+    text = clean(text or "")
+    return Reply(
+        text=text[: kept_chars(params)],
+        received_chars=len(text),
+        model=response.model if isinstance(response.model, str) else params["model"],
+        latency=time.perf_counter() - started,
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+        finish_reason=finish,
+        timings=extra.get("timings"),
+    )
+
+
+async def read_stream(
+    client: openai.AsyncOpenAI,
+    params: dict[str, Any],
+    timeout: float,
+    idle_timeout: float,
+    on_token: TokenCallback | None,
+) -> Reply:
+    started = time.perf_counter()
+    reply = Reply(text="", model=params["model"], latency=0.0)
+    parts: list[str] = []
+    room = kept_chars(params)
+    try:
+        async with asyncio.timeout(timeout):
+            stream = await client.chat.completions.create(**params)
+            async with stream:
+                loop = asyncio.get_running_loop()
+                # One idle deadline, moved on at most every tenth of the idle timeout (not a
+                # timer per chunk): a stall is noticed after 1 to 1.1 idle timeouts.
+                step = idle_timeout / 10
+                moved = loop.time()
+                try:
+                    async with asyncio.timeout_at(moved + idle_timeout + step) as idle:
+                        async for chunk in stream:
+                            if (moment := loop.time()) - moved >= step:
+                                idle.reschedule(moment + idle_timeout + step)
+                                moved = moment
+                            room = _take(chunk, reply, parts, on_token, room)
+                except TimeoutError:
+                    if idle.expired():
+                        raise Stalled(
+                            "idle_timeout", idle_timeout, "sent no part of the reply for"
+                        ) from None
+                    raise
+    except TimeoutError:
+        raise Stalled("timeout", timeout, "did not finish its reply within") from None
+    except (openai.APIStatusError, openai.APIConnectionError):
+        raise  # the retry policy's to judge
+    except (*MALFORMED, openai.APIError) as exc:
+        raise _malformed(exc) from None
+    if reply.finish_reason is None:
+        got = f" after {len(''.join(parts))} characters" if parts else ""
+        raise BadReply(f"the stream ended without a finish reason{got}: the reply was cut short")
+    reply.text = "".join(parts)
+    reply.latency = time.perf_counter() - started
+    return reply
+
+
+def _take(
+    chunk: Any, reply: Reply, parts: list[str], on_token: TokenCallback | None, room: int
+) -> int:
+    """One streamed chunk into the reply being built; returns the room left for text."""
+    if getattr(chunk, "object", None) == "chat.completion":
+        raise BadReply("the server answered a stream request with a whole reply")
+    if chunk.model:
+        reply.model = chunk.model
+    if chunk.usage is not None:
+        reply.prompt_tokens = chunk.usage.prompt_tokens
+        reply.completion_tokens = chunk.usage.completion_tokens
+    timings = (chunk.model_extra or {}).get("timings")
+    if timings:
+        reply.timings = timings
+    for choice in chunk.choices or []:
+        content = choice.delta.content if choice.delta else None
+        if content:
+            reply.received_chars += len(content)
+            content = clean(content[: max(room, 0)])
+            room -= len(content)
+            if content:
+                parts.append(content)
+                if on_token:
+                    on_token(content)
+        if choice.finish_reason:
+            reply.finish_reason = choice.finish_reason
+    return room

@@ -1,0 +1,3 @@
+from delib.testing.server import main
+
+main()
