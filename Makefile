@@ -35,9 +35,11 @@ bench:
 	$(PYTHON) -m pip install -e ".[test,local]"
 	$(PYTHON) -m bench.run_all
 
+# ruff, then the import contracts of pyproject.toml (layers and no circles; docs/architecture.md).
 lint:
 	$(PYTHON) -m ruff check delib tests bench
 	$(PYTHON) -m ruff format --check delib tests bench
+	$(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command as lint; sys.exit(lint())'
 
 format:
 	$(PYTHON) -m ruff format delib tests bench

@@ -16,8 +16,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
-from delib.detect.stance import Stance
-
 # 2: manifests carry schema_version; the graph state holds counters, not the turn list.
 SCHEMA_VERSION = 2
 
@@ -25,6 +23,15 @@ SCHEMA_VERSION = 2
 # context: three characters a token errs on the long side for English (four is typical), so
 # budgets stop early rather than late and prompts never overflow a context.
 CHARS_PER_TOKEN = 3
+
+
+class Stance(TypedDict):
+    """One participant's position on the motion after one turn."""
+
+    agreement: int | None  # 1..7, None when unknown
+    confidence: float | None  # 0..1, None when not given or unreadable
+    status: Literal["ok", "missing", "malformed"]
+    line: NotRequired[str]  # the line as written, when there was one
 
 
 def estimate_tokens(text: str | int) -> int:

@@ -1,6 +1,8 @@
-"""Untrusted text made safe to show: model replies, server messages, model ids, YAML fields.
+"""Untrusted text made safe to write and to show: model replies, server messages, model ids,
+YAML fields.
 
-A reply is archived exactly as received; only what reaches a terminal or a Markdown page is
+``clean`` makes any text writable as UTF-8 (a reply is stored with it). A reply is otherwise
+archived exactly as received; only what reaches a terminal or a Markdown page is
 changed, and only so that it cannot act: control characters (ESC and the rest of C0 and C1,
 which carry clear-screen, alternate-screen, hyperlink and window-title sequences) are shown as
 ``\\x1b``-style escapes, rich markup is escaped, and Markdown structure at the start of a line
@@ -13,13 +15,19 @@ import re
 
 from rich.markup import escape
 
-from delib.models.replies import clean
-
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # C0 controls except tab and newline, DEL, and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What a line can start with to become structure on a Markdown page: a heading, a quote, a
 # fence, an HTML block, or (a line of only these) a rule or a setext underline.
 _MD_LINE = re.compile(r"^(\s{0,3})([#>`~<]|[-=*_](?=[\s\-=*_]*$))")
+
+
+def clean(text: str) -> str:
+    """Text that can be written as UTF-8: lone surrogates become U+FFFD."""
+    if text.isascii():  # most chunks: no search needed
+        return text
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def inert(text: str) -> str:

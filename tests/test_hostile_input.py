@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import delib
-from delib.archive.markdown import LiveView, markdown
+from delib.archive.markdown import markdown
 from delib.archive.reading import read_records
+from delib.cli.live import LiveView
 from delib.testing import FakeOpenAIServer, FakeTransport
 from delib.text import inert
 

@@ -3,6 +3,9 @@ in order, and recorded in ``delib_schema``."""
 
 from __future__ import annotations
 
+# The addresses this store opens (``delib.archive`` registers them with ``store``).
+SCHEMES = ("postgresql://", "postgres://")
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: runs, records with full-text search, in-flight turns, sweeps and their ledger
     """

@@ -42,10 +42,9 @@ from delib.archive.pgrun import (
     holds,
     redact,
 )
-from delib.archive.pgschema import MIGRATIONS
+from delib.archive.pgschema import MIGRATIONS, SCHEMES
 from delib.archive.reading import manifest_problem
 from delib.archive.run_folder import new_run_id
-from delib.archive.store import PG_SCHEMES
 from delib.errors import InputError, UnknownIdError
 from delib.records import now
 
@@ -69,7 +68,7 @@ class PgStore:
 
     @classmethod
     def connect(cls, dsn: str) -> PgStore:
-        if not dsn.startswith(PG_SCHEMES):
+        if not dsn.startswith(SCHEMES):
             raise InputError(f"--archive {dsn!r}: not a postgresql:// address")
         store = cls(dsn, connect(dsn))
         store.migrate()

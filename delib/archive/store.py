@@ -1,46 +1,82 @@
-"""Where runs are kept: a folder archive (the default) or a PostgreSQL database.
+"""Where runs are kept: the store interface, and the registry of its implementations.
 
 ``open_store(location)`` takes ``--archive`` as given (or ``$DELIB_ARCHIVE``, or
-``$DELIB_TRANSCRIPTS``, or ``./transcripts``): a ``postgresql://`` address opens
-``delib.archive.pgstore.PgStore``; anything else is a folder, ``FolderStore``. Both answer the same
-questions (the runs, one run's manifest and records, a search, the sweeps and their ledgers)
-and hand out the same kind of run handle to write with (``RunFolder`` or ``pgstore.PgRun``),
-so every command that reads or writes runs works on either.
+``$DELIB_TRANSCRIPTS``, or ``./transcripts``). An address whose scheme an implementation
+registered (``register``) opens that implementation; anything else is a folder, opened by the
+one registered with ``register_folder``. ``delib.archive`` registers the two delib ships:
+``folder_store.FolderStore`` and, for ``postgresql://``, ``pgstore.PgStore`` (imported only
+when such an address is opened: it needs the ``cluster`` extra). This module imports neither.
+
+Every store answers the same questions (``Store`` below) and hands out the same kind of run
+handle to write with (``RunFolder`` or ``pgrun.PgRun``), so every command that reads or writes
+runs works on any of them.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from delib.archive.reading import (
-    find_run,
-    is_locked,
-    read_manifest,
-    read_records,
-    require_archive,
-    run_folders,
-)
-from delib.archive.run_folder import ARCHIVE_ENV, CHECKPOINT_FILE, DEFAULT_ARCHIVE, RunFolder
-from delib.errors import DelibError, InputError
-from delib.records import now
-
-if TYPE_CHECKING:
-    from delib.archive.index import Hit
+from delib.archive.run_folder import ARCHIVE_ENV, DEFAULT_ARCHIVE
+from delib.errors import InputError
 
 STORE_ENV = "DELIB_ARCHIVE"  # takes precedence over DELIB_TRANSCRIPTS (a folder, historically)
-SWEEPS_DIR = "sweeps"
-SPEC_FILE = "sweep.json"
-LEDGER_FILE = "attempts.jsonl"
-PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Store(Protocol):
+    """What every archive answers. ``limits`` hands out each server's ``max_concurrency`` for
+    the runs of this process (or, in a database, shared by every process); ``sweep_lock`` is
+    held while one ``sweep run`` works on a sweep (a store whose cells are leased one by one
+    returns a lock that holds nothing)."""
+
+    kind: str
+    location: str
+
+    def close(self) -> None: ...
+    def exists(self) -> bool: ...
+    def require(self) -> Store: ...
+    def find(self, wanted: str) -> str: ...
+    def run_ids(self) -> list[str]: ...
+    def manifest(self, run_id: str) -> dict: ...
+    def records(self, run_id: str) -> list[dict]: ...
+    def manifests(self) -> Iterator[tuple[str, dict]]: ...
+    def sweep_manifests(self, name: str, cell: str | None = None) -> Iterator[tuple[str, dict]]: ...
+    def running(self, run_id: str) -> bool: ...
+    def has_checkpoints(self, run_id: str) -> bool: ...
+    def create_run(self, scenario_id: str) -> Any: ...
+    def open_run(self, run_id: str) -> Any: ...
+    def delete(self, run_id: str) -> None: ...
+    def listing(self, **filters: Any) -> tuple[list[dict], list[str]]: ...
+    def search(self, query: str, limit: int) -> tuple[list[Any], list[str]]: ...
+    def import_run(self, manifest: dict, records: list[dict]) -> None: ...
+    def save_sweep(self, name: str, data: dict) -> None: ...
+    def sweep_record(self, name: str) -> dict | None: ...
+    def sweep_names(self) -> list[str]: ...
+    def note(self, name: str, entry: dict) -> None: ...
+    def ledger(self, name: str, cell: str | None = None) -> list[dict]: ...
+    def limits(self) -> Any: ...
+    def sweep_lock(self, name: str) -> Any: ...
+
+
+_BY_SCHEME: dict[str, Callable[[str], Store]] = {}
+_FOLDER: list[Callable[[Path], Store]] = []
+
+
+def register(schemes: tuple[str, ...], opener: Callable[[str], Store]) -> None:
+    """Open addresses that start with one of ``schemes`` (``"postgresql://"``) with ``opener``."""
+    for scheme in schemes:
+        _BY_SCHEME[scheme] = opener
+
+
+def register_folder(opener: Callable[[Path], Store]) -> None:
+    """Open a folder (any location without a registered scheme) with ``opener``."""
+    _FOLDER[:] = [opener]
 
 
 def is_database(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(PG_SCHEMES)
+    return isinstance(location, str) and location.startswith(tuple(_BY_SCHEME))
 
 
 def sweep_tag(manifest: dict) -> dict | None:
@@ -60,186 +96,14 @@ def location_of(flag: str | Path | None) -> str | Path:
     return Path(chosen).expanduser().absolute()
 
 
-def open_store(flag: str | Path | FolderStore | None = None) -> Any:
-    """The store ``flag`` names (a ``FolderStore`` or a ``PgStore``); a store passes through."""
+def open_store(flag: str | Path | Store | None = None) -> Any:
+    """The store ``flag`` names; a store passes through."""
     if flag is not None and not isinstance(flag, str | Path):
         return flag
     location = location_of(flag)
     if isinstance(location, str):
-        try:
-            from delib.archive.pgstore import PgStore
-        except ImportError:
-            raise InputError(
-                "a PostgreSQL archive needs the cluster extra: pip install 'delib[cluster]'"
-            ) from None
-        return PgStore.connect(location)
-    return FolderStore(location)
-
-
-class FolderStore:
-    """The folder archive: one folder per run, an SQLite index beside them."""
-
-    kind = "folder"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.location = str(path)
-
-    def __repr__(self) -> str:
-        return f"FolderStore({self.location!r})"
-
-    def close(self) -> None:
-        pass
-
-    # --- runs --------------------------------------------------------------------------------
-    def exists(self) -> bool:
-        return self.path.is_dir()
-
-    def require(self) -> FolderStore:
-        require_archive(self.path)
-        return self
-
-    def folder(self, run_id: str) -> Path:
-        return self.path / run_id
-
-    def find(self, wanted: str) -> str:
-        return find_run(self.path, wanted).name
-
-    def manifest(self, run_id: str) -> dict:
-        return read_manifest(self.path / run_id)
-
-    def records(self, run_id: str) -> list[dict]:
-        return read_records(self.path / run_id)
-
-    def running(self, run_id: str) -> bool:
-        return is_locked(self.path / run_id)
-
-    def has_checkpoints(self, run_id: str) -> bool:
-        return (self.path / run_id / CHECKPOINT_FILE).exists()
-
-    def run_ids(self) -> list[str]:
-        """Every run, newest first."""
-        return [f.name for f in run_folders(self.path)] if self.path.is_dir() else []
-
-    def manifests(self) -> Iterator[tuple[str, dict]]:
-        """Every readable manifest (a damaged run is skipped: ``transcripts list`` names it)."""
-        for run_id in self.run_ids():
-            try:
-                yield run_id, self.manifest(run_id)
-            except DelibError:
-                continue
-
-    def sweep_manifests(self, name: str, cell: str | None = None) -> Iterator[tuple[str, dict]]:
-        """The manifests of one sweep's runs (or one cell's)."""
-        for run_id, manifest in self.manifests():
-            tag = sweep_tag(manifest)
-            if tag and tag.get("name") == name and cell in (None, tag["cell"]):
-                yield run_id, manifest
-
-    def create_run(self, scenario_id: str) -> RunFolder:
-        return RunFolder.create(self.path, scenario_id)
-
-    def open_run(self, run_id: str) -> RunFolder:
-        return RunFolder(self.path / run_id)
-
-    def delete(self, run_id: str) -> None:
-        from delib.archive.index import Index
-
-        shutil.rmtree(self.path / run_id)
-        with Index.open(self.path) as index:
-            index.forget(run_id)
-
-    def index(self) -> Any:
-        """The SQLite index, brought up to date (with the warnings of runs it skipped)."""
-        from delib.archive.index import Index
-
-        index = Index.open(self.require().path)
-        return index, index.sync()
-
-    def listing(self, **filters: Any) -> tuple[list[dict], list[str]]:
-        index, problems = self.index()
-        with index:
-            return index.runs(**filters), problems
-
-    def search(self, query: str, limit: int) -> tuple[list[Hit], list[str]]:
-        index, problems = self.index()
-        with index:
-            return index.search(query, limit), problems
-
-    def import_run(self, manifest: dict, records: list[dict]) -> None:
-        """Add a finished copy of a run from another store (``archive copy``)."""
-        from delib.archive.index import Index
-        from delib.archive.markdown import markdown
-
-        folder = self.path / manifest["run_id"]
-        if folder.exists():
-            raise InputError(f"run {manifest['run_id']} is already in {self.location}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        folder.mkdir()
-        handle = RunFolder(folder)
-        handle.rewrite(records)
-        handle.write_manifest(manifest)
-        handle.write_transcript(markdown(manifest, records))
-        handle.close()
-        with Index.open(self.path) as index:
-            index.index_folder(folder)
-
-    # --- sweeps ------------------------------------------------------------------------------
-    def _sweep_dir(self, name: str) -> Path:
-        return self.path / SWEEPS_DIR / name
-
-    def save_sweep(self, name: str, data: dict) -> None:
-        folder = self._sweep_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-    def sweep_record(self, name: str) -> dict | None:
-        """The sweep as last run (``save_sweep``), or None; an unreadable one is an error."""
-        path = self._sweep_dir(name) / SPEC_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable sweep record ({exc})") from None
-
-    def sweep_names(self) -> list[str]:
-        root = self.path / SWEEPS_DIR
-        if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).exists())
-
-    def note(self, name: str, entry: dict) -> None:
-        """Append to the sweep's ledger (one process writes it: ``SweepLock``)."""
-        folder = self._sweep_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / LEDGER_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"at": now(), **entry}) + "\n")
-
-    def ledger(self, name: str, cell: str | None = None) -> list[dict]:
-        """The sweep's attempts (or one cell's), oldest first."""
-        path = self._sweep_dir(name) / LEDGER_FILE
-        if not path.exists():
-            return []
-        entries = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a crash
-            if isinstance(entry, dict) and isinstance(entry.get("cell"), str):
-                if cell is None or entry["cell"] == cell:
-                    entries.append(entry)
-        return entries
-
-    def limits(self) -> Any:
-        """Each server's ``max_concurrency``, for the runs of this process."""
-        from delib.models.endpoints import Limits
-
-        return Limits()
-
-    def sweep_lock(self, name: str) -> Any:
-        """Held while one ``sweep run`` works on the sweep here (a flock)."""
-        from delib.experiments.sweep_run import SweepLock
-
-        return SweepLock(self._sweep_dir(name), name, self.location)
+        scheme = next(s for s in _BY_SCHEME if location.startswith(s))
+        return _BY_SCHEME[scheme](location)
+    if not _FOLDER:
+        raise InputError(f"{location}: no folder archive is registered (import delib.archive)")
+    return _FOLDER[0](location)

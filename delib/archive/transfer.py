@@ -18,8 +18,8 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from delib.archive.folder_store import FolderStore
 from delib.archive.run_folder import CHECKPOINT_FILE
-from delib.archive.store import FolderStore
 from delib.errors import DelibError
 
 

@@ -1,45 +1,30 @@
-"""``delib sweep …`` and ``delib compare``: experiments over many runs."""
+"""``delib sweep …``: experiments over many runs."""
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from delib.archive.store import FolderStore, open_store
+from delib.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, ArchiveOpt, err, open_archive, out
 from delib.errors import InputError
-from delib.experiments import compare, sweep_run
 from delib.experiments import report as reports
-from delib.experiments.sweep import Sweep, find, load, names_a_file, status, sweep_names
-from delib.text import inert, safe
+from delib.experiments import sweep_run
+from delib.experiments.sweep import find, load, status, sweep_names
+from delib.text import safe
 
 sweep_app = typer.Typer(
     help="Experiments: scenarios × models × seeds × protocols, run, tracked and reported.",
     no_args_is_help=True,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
-
-ArchiveOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--archive",
-        help="Archive: a folder, or a postgresql:// database (default $DELIB_ARCHIVE, "
-        "$DELIB_TRANSCRIPTS or ./transcripts).",
-    ),
-]
 SweepArg = Annotated[
     str, typer.Argument(help="A sweep file, or the name of a sweep already run in the archive.")
 ]
@@ -55,21 +40,6 @@ STATE_STYLE = {
 class Engine(StrEnum):
     local = "local"
     ray = "ray"
-
-
-def _open(archive: str | None, create: bool = False) -> Any:
-    """The archive (a folder or a database); it must exist unless ``create``. Closed when the
-    command's process ends."""
-    store = open_store(archive)
-    atexit.register(store.close)
-    if create and isinstance(store, FolderStore):
-        try:
-            store.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(
-                f"cannot write to archive folder {store.path}: {exc.strerror}"
-            ) from None
-    return store.require()
 
 
 def _describe(p: sweep_run.Progress) -> str:
@@ -115,7 +85,7 @@ def sweep_run_cmd(
     only what is missing and resumes what was cut off. Several 'sweep run's of one file
     against one postgresql:// archive share the cells between them."""
     sweep = load(file)
-    store = _open(archive, create=True)
+    store = open_archive(archive, create=True)
     live = sys.stderr.isatty() and not as_json
     bar = Progress(
         TextColumn("{task.description}"),
@@ -199,7 +169,7 @@ def sweep_status(
     ] = False,  # fmt: skip
 ) -> None:
     """Each cell of a sweep: done, running, failed, interrupted or missing."""
-    store = _open(archive)
+    store = open_archive(archive)
     sweep = find(store, sweep_ref)
     states = status(store, sweep)
     if as_json:
@@ -240,7 +210,7 @@ def sweep_status(
 @sweep_app.command("list")
 def sweep_list(archive: ArchiveOpt = None) -> None:
     """The sweeps run in an archive, with how many cells are done."""
-    store = _open(archive)
+    store = open_archive(archive)
     names = sweep_names(store)
     if not names:
         out.print(f"no sweeps in {safe(store.location)}; 'delib sweep run FILE' starts one")
@@ -279,7 +249,7 @@ def sweep_report(
 ) -> None:
     """A report on a sweep: the matrix, stance over rounds, refusals, deadlocks, tokens,
     latency; HTML with charts (one offline file, transcripts beside it), or CSV/JSON."""
-    store = _open(archive)
+    store = open_archive(archive)
     sweep = find(store, sweep_ref)
     if per_turn and fmt is reports.Format.html:
         raise InputError("--per-turn is for --format csv or json")
@@ -299,129 +269,3 @@ def sweep_report(
         raise InputError(f"{target} is a folder; give a file name such as {sweep.name}.html")
     written = reports.write_html(store, sweep, rows, target)
     out.print(f"wrote {safe(str(target))} and {written} transcripts beside it")
-
-
-class CompareFormat(StrEnum):
-    text = "text"
-    json = "json"
-    html = "html"
-
-
-def compare_cmd(
-    first: Annotated[str, typer.Argument(help="A run id, or a sweep (file or name).")],
-    second: Annotated[str, typer.Argument(help="A run id, or a sweep (file or name).")],
-    archive: ArchiveOpt = None,
-    fmt: Annotated[
-        CompareFormat, typer.Option("--format", "-f", help="text (terminal), json or html.")
-    ] = CompareFormat.text,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write json/html here (default stdout).")
-    ] = None,
-    only_different: Annotated[
-        bool, typer.Option("--different", help="Sweeps: only cells whose outcome differs.")
-    ] = False,
-) -> None:
-    """Compare two runs (stop reasons, metrics, stance paths, verdicts, settings, turns) or two
-    sweeps cell by cell."""
-    store = _open(archive)
-    sweeps = [_as_sweep(store, ref) for ref in (first, second)]
-    if (sweeps[0] is None) != (sweeps[1] is None):
-        raise InputError("compare two runs or two sweeps, not one of each")
-    if sweeps[0] is None or sweeps[1] is None:
-        sides = [_load(store, ref) for ref in (first, second)]
-        result = compare.runs(sides[0], sides[1])
-        if fmt is CompareFormat.text:
-            _print_runs(result)
-            return
-        text = json.dumps(result, default=str) if fmt is CompareFormat.json else (
-            compare.runs_html(result))  # fmt: skip
-        _write(text, output)
-        return
-    table = compare.sweeps(reports.rows(store, sweeps[0]), reports.rows(store, sweeps[1]))
-    if only_different:
-        table = [r for r in table if r["differs"]]
-    if fmt is CompareFormat.json:
-        _write(json.dumps(table, default=str), output)
-        return
-    if fmt is CompareFormat.html:
-        _write(compare.sweeps_html(sweeps[0].name, sweeps[1].name, table), output)
-        return
-    grid = Table(title=f"{sweeps[0].name} (A) against {sweeps[1].name} (B)", box=None,
-                 title_justify="left")  # fmt: skip
-    for column in ("scenario", "model", "seed", "protocol", "stop A/B", "refusal A/B",
-                   "stance moved A/B", "tokens A/B", ""):  # fmt: skip
-        grid.add_column(column, overflow="fold")
-
-    def pair(row: dict, measure: str) -> str:
-        return f"{_short(row[f'{measure}_a'])} / {_short(row[f'{measure}_b'])}"
-
-    for row in table:
-        mark = f"only in {row['only_in'].upper()}" if row["only_in"] else (
-            "[yellow]differs[/yellow]" if row["differs"] else "")  # fmt: skip
-        grid.add_row(
-            safe(row["scenario"]), safe(row["model"]), str(row["seed"]),
-            safe(row["protocol"] or "(scenario's)"), safe(pair(row, "stop_reason")),
-            pair(row, "refusal_rate"), pair(row, "stance_movement"), pair(row, "tokens"), mark,
-        )  # fmt: skip
-    out.print(grid)
-    differing = sum(r["differs"] for r in table)
-    out.print(f"{differing} of {len(table)} cells differ")
-
-
-def _load(archive: Any, ref: str) -> tuple[dict, list[dict]]:
-    run_id = archive.find(ref)
-    return archive.manifest(run_id), archive.records(run_id)
-
-
-def _write(text: str, output: Path | None) -> None:
-    if output is None or str(output) == "-":
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    output.write_text(text, encoding="utf-8")
-    out.print(f"wrote {safe(str(output))}")
-
-
-def _print_runs(result: dict) -> None:
-    out.print(f"[bold]A[/bold] {safe(result['a'])}\n[bold]B[/bold] {safe(result['b'])}")
-    table = Table(title="metrics", box=None, title_justify="left")
-    for column in ("metric", "A", "B"):
-        table.add_column(column, overflow="fold")
-    for m in result["metrics"]:
-        style = "" if m["same"] else "[yellow]"
-        end = "" if m["same"] else "[/yellow]"
-        table.add_row(f"{style}{safe(m['metric'])}{end}", safe(_short(m["a"])),
-                      safe(_short(m["b"])))  # fmt: skip
-    out.print(table)
-    if result["stance"]:
-        stance = Table(title="stance by round (1-7)", box=None, title_justify="left")
-        for column in ("participant", "A", "B"):
-            stance.add_column(column)
-        for pid, paths in result["stance"].items():
-            stance.add_row(safe(pid), compare.path(paths["a"]), compare.path(paths["b"]))
-        out.print(stance)
-    changed = len(result["settings"])
-    same = sum(t["same"] for t in result["turns"])
-    out.print(
-        f"{changed} settings differ · {same} of {len(result['turns'])} turns the same · "
-        "'delib transcripts diff A B' shows them turn by turn"
-    )
-    for side in ("a", "b"):
-        verdict = result["verdicts"][side] or {}
-        summary = verdict.get("summary") or verdict.get("text") or "(no verdict)"
-        out.print(f"[bold]verdict {side.upper()}[/bold] ", end="")
-        out.print(inert(str(summary)), markup=False)
-
-
-def _short(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _as_sweep(archive: Any, ref: str) -> Sweep | None:
-    """The sweep ``ref`` names (a file, or a sweep run in this archive), else None (a run)."""
-    if names_a_file(ref) or ref in sweep_names(archive):
-        return find(archive, ref)
-    return None

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from delib.archive.folder_store import FolderStore
 from delib.archive.run_folder import FINISHED
-from delib.archive.store import FolderStore, open_store
+from delib.archive.store import open_store
 from delib.debate.prepare import RunRequest, request_from_dict
 from delib.errors import InputError
 from delib.models.config import Overrides

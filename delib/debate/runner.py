@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 from langgraph.errors import GraphRecursionError
 
+from delib.archive.folder_store import FolderStore
 from delib.archive.run_folder import FINISHED, RunFolder
-from delib.archive.store import FolderStore, open_store
+from delib.archive.store import open_store
 from delib.debate.graph import compile_graph
 from delib.debate.nodes import opening_turn
 from delib.debate.prepare import RunRequest, prepare

@@ -11,7 +11,8 @@ without a readable stance has ``agreement`` None and a ``status`` that says why.
 from __future__ import annotations
 
 import re
-from typing import Literal, NotRequired, TypedDict
+
+from delib.records import Stance
 
 SCALE = 7
 # A stance line is looked for among a turn's last few non-empty lines.
@@ -22,15 +23,6 @@ _AGREEMENT = re.compile(
     r"^\W{0,6}stance\W{0,4}?(?:[:=\-–]\s*)?\(?\s*(\d+(?:\.\d+)?)\s*(?:/\s*7\b)?", re.I
 )
 _CONFIDENCE = re.compile(r"confiden\w*\W{0,4}?[:=\-–]?\s*(\d+(?:\.\d+)?)\s*(%)?", re.I)
-
-
-class Stance(TypedDict):
-    """One participant's position on the motion after one turn."""
-
-    agreement: int | None  # 1..7, None when unknown
-    confidence: float | None  # 0..1, None when not given or unreadable
-    status: Literal["ok", "missing", "malformed"]
-    line: NotRequired[str]  # the line as written, when there was one
 
 
 def instruction(motion: str) -> str:

@@ -5,14 +5,14 @@
 and it goes on from there; a cell that failed before its run began starts afresh), or leave
 it (done, running elsewhere, or out of attempts). ``run_sweep`` carries that out with at most
 ``concurrency`` debates at once; every server's ``max_concurrency`` holds across all of them
-(``endpoints.Limits``). One ``sweep run`` per sweep and archive at a time (``SweepLock``).
+(``endpoints.Limits``). One ``sweep run`` per sweep and archive at a time
+(``folder_store.SweepLock``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +26,7 @@ from delib.debate.prepare import RunRequest
 from delib.debate.result import RunResult
 from delib.debate.resume import resume_request
 from delib.debate.runner import Run
-from delib.errors import DelibError, InputError
+from delib.errors import DelibError
 from delib.experiments.sweep import Cell, CellStatus, Sweep, note, request_for, save_spec, status
 from delib.library.scenarios import scenario_library
 from delib.models.endpoints import Limits
@@ -73,27 +73,6 @@ def plan(
         else:
             steps.append(Step(cell, "skip", "failed (--retry-failed tries it again)", st.attempts))
     return steps
-
-
-class SweepLock:
-    """Held while one ``sweep run`` works on a sweep in a folder archive (a database leases
-    each cell instead: ``PgStore.claim``)."""
-
-    def __init__(self, folder: Path, name: str, archive: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.handle = open(folder / "lock", "a+", encoding="utf-8")  # noqa: SIM115
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise InputError(
-                f"sweep '{name}' is already running on {archive} in another process; "
-                "wait for it, or see `delib sweep status`"
-            ) from None
-
-    def release(self) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 @dataclass

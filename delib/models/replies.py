@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +23,13 @@ import pydantic
 from openai.types.chat import ChatCompletion
 
 from delib.models.failures import BadReply, Stalled
+from delib.text import clean
 
 TokenCallback = Callable[[str], None]
 # A reply longer than its max_tokens allows (a server that ignores the cap) is kept up to this
 # many characters a token, at least MIN_KEPT_CHARS; the rest is counted, not stored.
 KEPT_CHARS_PER_TOKEN = 16
 MIN_KEPT_CHARS = 32_000
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What the client raises when a 200 body or an event is not what it claims to be.
 MALFORMED = (
     json.JSONDecodeError,
@@ -67,13 +66,6 @@ class Reply:
 def kept_chars(params: dict[str, Any]) -> int:
     """How much of a reply is stored, for its max_tokens."""
     return max(MIN_KEPT_CHARS, int(params.get("max_tokens") or 0) * KEPT_CHARS_PER_TOKEN)
-
-
-def clean(text: str) -> str:
-    """Text that can be written as UTF-8: lone surrogates become U+FFFD."""
-    if text.isascii():  # most chunks: no search needed
-        return text
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def _malformed(exc: BaseException) -> BadReply:

@@ -1,17 +1,39 @@
 """What the scripted OpenAI server says to one request (``answer``): shared by the HTTP server on
-loopback and the in-process ``FakeTransport`` of ``delib.testing``."""
+loopback and the in-process ``FakeTransport`` of ``delib.testing``. It reads the server's
+script through ``Scripted`` (what ``server.FakeOpenAIServer`` provides), so this module does not
+import the server."""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from delib.testing.responders import conform, sse_events
 
-if TYPE_CHECKING:
-    from delib.testing import FakeOpenAIServer
+
+class Scripted(Protocol):
+    """What ``answer`` reads and records of the server's script (``FakeOpenAIServer``)."""
+
+    models: tuple[str, ...]
+    responder: Any  # the body of a chat request -> the reply's text
+    usage: bool
+    delay: float
+    chunk_delay: float
+    chunk_chars: int
+    drop_system: bool
+    reject_stream_options: bool
+    require_api_key: str | None
+    models_body: bytes | None
+    structured: str | None
+    structured_invalid: bool
+    structured_status: int
+    history: list[dict]
+
+    def chat_requests(self) -> list[dict]: ...
+    def _next(self) -> tuple[Any, str | None]: ...  # the next fault (or None) and reply
+    def _template_error(self, messages: list[dict]) -> str | None: ...
 
 
 @dataclass
@@ -44,7 +66,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return Answer(status, {"error": {"message": message, "type": "error"}}, headers=headers or {})
 
 
-def answer(fake: FakeOpenAIServer, method: str, path: str, headers: dict, raw: bytes) -> Answer:
+def answer(fake: Scripted, method: str, path: str, headers: dict, raw: bytes) -> Answer:
     """What the fake says to one request; shared by the HTTP server and ``FakeTransport``."""
     headers = {key.lower(): value for key, value in headers.items()}
     if method == "GET":
