@@ -4,8 +4,8 @@ What differs between OpenAI-compatible servers is handled here and nowhere else:
 
 - only portable parameters are sent (``max_tokens``, never ``n``; ``seed`` only when asked);
 - the openai client's own retries are off (``max_retries=0``) and timeouts are explicit; one
-  retry loop retries connection errors, 408/409/429 and 5xx, honouring ``Retry-After``,
-  and never retries 400/401/404/422;
+  retry policy (``retries``, on tenacity) retries connection errors, 408/409/429 and 5xx,
+  honouring ``Retry-After``, and never retries 400/401/404/422;
 - chat templates that reject a system message or demand strict alternation: the messages
   always alternate user/assistant, and on a template error the system text is folded into the
   first user message, once, and remembered for the endpoint;
@@ -16,7 +16,6 @@ What differs between OpenAI-compatible servers is handled here and nowhere else:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,24 +32,17 @@ from delib.models.failures import (
     describe_error,
     is_invalid_request,
     is_model_error,
-    is_retryable,
     is_stream_options_error,
     is_template_error,
     message_of,
-    retry_after,
     status_of,
 )
 from delib.models.replies import MALFORMED, Reply, TokenCallback, read_stream, read_whole
+from delib.models.retries import GaveUp, RetryCallback, with_retries
 from delib.models.structured import REJECTION_MARKERS, next_dialect, response_format
 
-# Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
-MAX_RETRY_AFTER = 60.0
-# Back-off never waits longer than this between attempts.
-MAX_BACKOFF = 30.0
 # Timeout for listing models before a run; the listing is small.
 MODELS_TIMEOUT = 15.0
-
-RetryCallback = Callable[[int, str], None]
 
 
 @dataclass
@@ -150,33 +142,14 @@ class EndpointClient:
     async def close(self) -> None:
         await self.client.close()
 
-    def _wait(self, exc: BaseException, attempt: int) -> float:
-        """Seconds before attempt ``attempt + 1``: the server's Retry-After if it gave a
-        sensible one, else the back-off, doubling."""
-        after = retry_after(exc)
-        if after is not None and after <= MAX_RETRY_AFTER:
-            return after
-        base = self.endpoint.config.retry_wait
-        return min(MAX_BACKOFF, base * 2 ** (attempt - 1))
-
     async def _with_retries(self, call, on_retry: RetryCallback | None = None):
-        """``call()`` until it succeeds, fails in a way a retry cannot mend, or has used the
-        endpoint's attempts; a failure as a ``DelibError`` that says what to do. (A loop of
-        its own: tenacity's ``AsyncRetrying`` took 0.05-0.08 ms of every call in a debate,
-        between one reply and the next request.)"""
-        attempts = self.endpoint.config.max_retries + 1
-        attempt = 1
-        while True:
-            try:
-                return await call()
-            except (openai.OpenAIError, BadReply, Stalled) as exc:
-                if attempt >= attempts or not is_retryable(exc):
-                    raise await self._translate(exc, attempt) from exc
-                if on_retry:
-                    on_retry(attempt, describe_error(exc))
-                wait = self._wait(exc, attempt)
-            await asyncio.sleep(wait)
-            attempt += 1
+        """``call()`` through the retry policy (``retries``); a failure as a ``DelibError``
+        that says what to do."""
+        config = self.endpoint.config
+        try:
+            return await with_retries(call, config.max_retries + 1, config.retry_wait, on_retry)
+        except GaveUp as gave_up:
+            raise await self._translate(gave_up.error, gave_up.attempts) from gave_up.error
 
     async def _translate(self, exc: BaseException, attempts: int) -> Exception:
         """Turn an openai exception into a DelibError that says what to do."""

@@ -1,0 +1,98 @@
+"""The retry policy: which failures are tried again, how long to wait, when to give up.
+
+Built on tenacity (``AsyncRetrying``), used by every call to a model. A first attempt that
+succeeds never touches tenacity: the call is made directly, and only its failure enters the
+retry loop, as the loop's first attempt, so the attempts are numbered and counted exactly as
+if tenacity had made them all. What is retried is ``failures.is_retryable`` (connection
+errors, timeouts, 408/409/429 and 5xx; never 400/401/404/422); the wait is the server's
+``Retry-After`` when it gives a sensible one, else a back-off that doubles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from delib.models.failures import BadReply, Stalled, describe_error, is_retryable, retry_after
+
+# What a call to a model can fail with that the policy looks at; anything else passes through.
+FAILURES = (openai.OpenAIError, BadReply, Stalled)
+# Longest wait honoured from a Retry-After header; a server asking for more is treated as down.
+MAX_RETRY_AFTER = 60.0
+# Back-off never waits longer than this between attempts.
+MAX_BACKOFF = 30.0
+
+RetryCallback = Callable[[int, str], None]
+
+
+class GaveUp(Exception):
+    """The call failed in a way a retry cannot mend, or used its attempts."""
+
+    def __init__(self, error: BaseException, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+
+
+class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own strategies)
+    """The server's ``Retry-After`` if it gave one up to ``MAX_RETRY_AFTER`` seconds, else
+    ``base`` seconds doubling with each attempt, up to ``MAX_BACKOFF``."""
+
+    def __init__(self, base: float) -> None:
+        self.base = base
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        after = retry_after(exc) if exc is not None else None
+        if after is not None and after <= MAX_RETRY_AFTER:
+            return after
+        return min(MAX_BACKOFF, self.base * 2 ** (retry_state.attempt_number - 1))
+
+
+def policy(attempts: int, base_wait: float, on_retry: RetryCallback | None = None) -> AsyncRetrying:
+    """The retrying loop for ``attempts`` attempts in all; ``on_retry(attempt, error)`` is told
+    of each failure that will be tried again, before the wait."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            on_retry(state.attempt_number, describe_error(state.outcome.exception()))
+
+    return AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_after_attempt(attempts),
+        wait=wait_retry_after(base_wait),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[Any]],
+    attempts: int,
+    base_wait: float,
+    on_retry: RetryCallback | None = None,
+) -> Any:
+    """``call()``'s result, tried up to ``attempts`` times; ``GaveUp`` when it cannot be had."""
+    try:
+        return await call()
+    except FAILURES as exc:
+        if attempts <= 1 or not is_retryable(exc):
+            raise GaveUp(exc, 1) from exc
+        first: list[BaseException] = [exc]
+    made = [1]
+
+    async def attempt() -> Any:
+        if first:  # the loop's first attempt is the call already made
+            raise first.pop()
+        made[0] += 1
+        return await call()
+
+    try:
+        return await policy(attempts, base_wait, on_retry)(attempt)
+    except FAILURES as exc:
+        raise GaveUp(exc, made[0]) from exc
