@@ -3,11 +3,12 @@
     python -m bench.refusals [--tiny]
 
 Sources are the labelled files in ``tests/data`` (the XSTest file split by model). For each
-source, the classifier is trained (``delib.detect.train_refusal``) on all the others and measured on
-it: the headline. Beside it, the in-sample figure (trained on everything, as shipped) and the
-first, hand-weighted rules (``refusal.rule_score`` at 0.5, the classifier before the model).
+source, the learned model is trained (``delib.detect.train_refusal``, the ``train`` extra) on
+all the others and measured on it: the headline. Beside it, the in-sample figure (trained on
+everything, as shipped) and the first, hand-weighted rules (``refusal.rule_score`` at 0.5).
 Binary: full refusal vs. compliance, partial apart; F1 is undefined for a source without
-refusals, where accuracy is shown. Also the classifier's time per reply.
+refusals, where accuracy is shown. Also the classifier's time per reply, with and without the
+context it answers.
 """
 
 from __future__ import annotations
@@ -16,39 +17,41 @@ import argparse
 import json
 import time
 
+from delib.detect.learned import shipped
 from delib.detect.refusal import classify, rule_score
-from delib.detect.refusal_eval import GOLD_LABELS, binary_figures, macro
-from delib.detect.train_refusal import default_files, examples, figures, fit, leave_one_out, sources
+from delib.detect.refusal_eval import GOLD_LABELS, binary_figures, context_of, macro
+from delib.detect.train_refusal import default_files, figures, leave_one_out, sources
 
 TINY_ROWS = 60  # rows per source in the tiny configuration
 
 
-def rules_only(data: list) -> dict:
+def rules_only(rows: list[dict]) -> dict:
     pairs = [
-        (GOLD_LABELS[label], "refusal" if rule_score(text) >= 0.5 else "engaged")
-        for _, label, text in data
+        (GOLD_LABELS[r["label"]], "refusal" if rule_score(r["text"]) >= 0.5 else "engaged")
+        for r in rows
     ]
     return binary_figures(pairs)
 
 
+def per_reply_ms(rows: list[dict], with_context: bool) -> float:
+    started = time.perf_counter()
+    for r in rows:
+        classify(r["text"], context_of(r) if with_context else None)
+    return (time.perf_counter() - started) / len(rows) * 1000
+
+
 def measure(tiny: bool = False) -> dict:
     by_source = {
-        name: examples(rows[:TINY_ROWS] if tiny else rows)
-        for name, rows in sources(default_files()).items()
+        name: rows[:TINY_ROWS] if tiny else rows for name, rows in sources(default_files()).items()
     }
     held_out = leave_one_out(by_source)
-    shipped = fit(by_source)
-    in_sample = {name: figures(shipped, data) for name, data in by_source.items()}
-    rules = {name: rules_only(data) for name, data in by_source.items()}
-    texts = [text for data in by_source.values() for _, _, text in data][: 300 if tiny else 2000]
-    started = time.perf_counter()
-    for text in texts:
-        classify(text)
-    per_reply = (time.perf_counter() - started) / len(texts) * 1000
+    in_sample = {name: figures(shipped(), rows) for name, rows in by_source.items()}
+    rules = {name: rules_only(rows) for name, rows in by_source.items()}
+    timed = [r for rows in by_source.values() for r in rows][: 300 if tiny else 2000]
     long_reply = "A turn of a long debate says something about oversight, and why. " * 60
     started = time.perf_counter()
     for _ in range(20):
-        classify(long_reply)
+        classify(long_reply, "Is oversight of a stronger system possible at all?")
     per_long = (time.perf_counter() - started) / 20 * 1000
     rows = [
         {
@@ -68,8 +71,9 @@ def measure(tiny: bool = False) -> dict:
             "in_sample": macro(list(in_sample.values())),
             "rules": macro(list(rules.values())),
         },
-        "ms_per_reply": round(per_reply, 3),
-        "mean_chars": round(sum(map(len, texts)) / len(texts)),
+        "ms_per_reply": round(per_reply_ms(timed, True), 3),
+        "ms_per_reply_no_context": round(per_reply_ms(timed, False), 3),
+        "mean_chars": round(sum(len(r["text"]) for r in timed) / len(timed)),
         "ms_per_4k_reply": round(per_long, 3),
     }
 

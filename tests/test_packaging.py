@@ -24,6 +24,7 @@ def test_wheel_ships_personas_and_scenarios(tmp_path: Path):
         shipped = {p.name for p in (ROOT / kind).glob("*.yaml")}
         assert shipped
         assert {f"delib/{kind}/{name}" for name in shipped} <= names
+    assert {"delib/detect/refusal_model.bin", "delib/detect/refusal_model.json"} <= names
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

@@ -308,6 +308,13 @@ def cancel_ahead(ctx: DebateContext) -> None:
     ctx.choices.clear()
 
 
+def answered(ctx: DebateContext) -> str:
+    """What a new turn answers, for the refusal classifier: the question, and the turn before."""
+    turns = ctx.log.turns
+    question = ctx.scenario.question
+    return f"{question}\n\n{turns[-1]['text']}" if turns else question
+
+
 async def speak_turn(
     ctx: DebateContext, writer: Writer, spec: TurnSpec, *, stance: bool = False
 ) -> Turn:
@@ -341,7 +348,7 @@ async def speak_turn(
         "role": ctx.role(speaker.id),  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
         "text": text,
-        "refusal": dataclasses.asdict(classify(text)),  # type: ignore[typeddict-item]
+        "refusal": dataclasses.asdict(classify(text, answered(ctx))),  # type: ignore[typeddict-item]
         "model": reply.model,
         "endpoint": settings.endpoint.name,
         "tokens": token_counts(reply, prompt),

@@ -1,17 +1,18 @@
-"""Is a turn a refusal? Cue rules weighed by a small linear model, with no model call.
+"""Is a turn a refusal? A learned text model decides; cue rules say what kind, no model call.
+
+The score is the learned model's (``learned``): hashed word and character n-grams of the reply
+and how much it engages with what it answers (the question and the turn before it in a debate,
+a row's prompt in an eval file), trained by ``python -m delib.detect.train_refusal`` on
+labelled replies from several sources, each weighed alike. The label is ``refusal`` (declines
+and gives nothing of substance), ``partial`` (declines, then answers: after a "however", or in
+another voice) or ``engaged``; telling a partial refusal from a full one is the cues' work.
 
 Every sentence of a reply is tagged: an *explicit* refusal ("I can't help with that"), a *soft*
 one that declines without saying so (a moralising lecture, deferral to guidelines or to a
 professional, a "sensitive topic" or "hypothetical scenario" deflection, an offer to help with
 something else, an "as an AI" framing, a correction of the question), or *clean*: text that
-could be the asked-for substance. Twelve features (the opening, the share of each kind, another
-voice answering after a refusal, lists and steps in the clean text, the older rule score) are
-weighed by a logistic model whose thirteen numbers are in ``refusal_weights.json``, trained by
-``python -m delib.detect.train_refusal`` on labelled replies from several sources, each weighed
-alike.
-The score is the model's probability; the label is ``refusal`` (declines and gives nothing of
-substance), ``partial`` (declines, then answers: after a "however", or in another voice) or
-``engaged``.
+could be the asked-for substance (``features``; the first classifier weighed twelve such
+features, and ``rule_score`` is the hand-weighted rule before that, kept for comparison).
 
 The cues are written for refusals in general, in English: first-person inability or
 unwillingness ("I can't", "I won't", "I'm unable to", "I must decline"), apology plus
@@ -23,12 +24,11 @@ speculate on ...") are covered by the same first-person patterns.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
+
+from delib.detect.learned import Model, shipped
 
 # How much of a reply counts as its opening.
 OPENING_CHARS = 220
@@ -223,7 +223,6 @@ _VOICE = re.compile(r"^\W{0,4}[A-Za-z][\w .\-]{0,24}\W{0,4}:\s*\S|^\s*\[[^\]\n]{
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # Characters of clean text in another voice, after a refusal, that make it partial.
 VOICE_SUBSTANCE_CHARS = 200
-WEIGHTS_FILE = Path(__file__).with_name("refusal_weights.json")
 FEATURES = (
     "rule", "explicit_open", "explicit_share", "soft_share", "clean_share", "explicit_n",
     "soft_n", "voice_after", "voices", "engaged_clean", "log_clean", "short",
@@ -304,32 +303,34 @@ def features(text: str) -> dict[str, float]:
     }
 
 
-@cache
-def _model() -> tuple[dict[str, float], float, float]:
-    data = json.loads(WEIGHTS_FILE.read_text(encoding="utf-8"))
-    return data["weights"], data["bias"], data["threshold"]
+# A reply that is all declining (explicit or soft refusal sentences, next to no other text)
+# is a refusal whatever the learned model says: refusals in a persona's voice, or in words no
+# labelled source uses, are still refusals. Held out source by source, this changes the learned
+# model's figures by less than 0.001 of macro F1 (docs/loop-detection.md).
+DECLINING_SHARE = 0.6
+DECLINING_MAX_LOG_CLEAN = 0.75
 
 
-def probability(found: dict[str, float], weights: dict[str, float], bias: float) -> float:
-    z = bias + sum(weights.get(name, 0.0) * value for name, value in found.items())
-    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+def declines_only(found: dict[str, float]) -> bool:
+    share = found["explicit_share"] + found["soft_share"]
+    return share >= DECLINING_SHARE and found["log_clean"] < DECLINING_MAX_LOG_CLEAN
 
 
-def classify(text: str, model: dict | None = None) -> Classification:
-    """Classify one reply; any string is accepted (empty text is ``engaged`` with score 0).
-    ``model`` (weights, bias, threshold) replaces the shipped weights, for training."""
+def classify(text: str, context: str | None = None, model: Model | None = None) -> Classification:
+    """Classify one reply, read against ``context`` (what it answers) when given; any string is
+    accepted (empty text is ``engaged`` with score 0). The score is the learned model's; the
+    label is also ``refusal`` when the reply only declines (``declines_only``). ``model``
+    replaces the shipped one."""
     text = _normalise(text or "")
     if not text:
         return Classification("engaged", 0.0)
-    weights, bias, threshold = (
-        _model() if model is None else (model["weights"], model["bias"], model["threshold"])
-    )
+    chosen = model or shipped()
+    score = round(chosen.score(text, context), 3)
     found = features(text)
-    score = round(probability(found, weights, bias), 3)
-    declined = score >= threshold or found["explicit_open"]
-    if declined and _answers_after_declining(text, found):
+    refused = score >= chosen.threshold or declines_only(found)
+    if (refused or found["explicit_open"]) and _answers_after_declining(text, found):
         return Classification("partial", score)
-    return Classification("refusal" if score >= threshold else "engaged", score)
+    return Classification("refusal" if refused else "engaged", score)
 
 
 def _answers_after_declining(text: str, found: dict[str, float]) -> bool:

@@ -47,6 +47,22 @@ def read_labelled(path: Path) -> list[dict]:
     return rows
 
 
+def context_of(row: dict) -> str | None:
+    """What a labelled reply answers: its ``prompt``, after its ``context_turns`` (strings, or
+    objects with a ``text`` or ``content``) where it has them."""
+    parts = []
+    turns = row.get("context_turns")
+    if isinstance(turns, list):
+        for turn in turns:
+            if isinstance(turn, dict):
+                turn = turn.get("text") or turn.get("content")
+            if isinstance(turn, str) and turn.strip():
+                parts.append(turn)
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        parts.append(row["prompt"])
+    return "\n\n".join(parts) or None
+
+
 def binary_figures(pairs: list[tuple[str, str]]) -> dict:
     """Precision, recall, F1 and accuracy of full refusal against compliance, from (gold,
     predicted) labels in the classifier's terms; gold partials are left out. F1 is None for a
@@ -93,7 +109,7 @@ def evaluate(rows: list[dict]) -> tuple[dict, list[dict]]:
     labels = ("refusal", "partial", "engaged")
     confusion = {gold: dict.fromkeys(labels, 0) for gold in labels}
     for row in rows:
-        result = classify(row["text"])
+        result = classify(row["text"], context_of(row))
         gold = GOLD_LABELS[row["label"]]
         confusion[gold][result.label] += 1
         pairs.append((gold, result.label))
