@@ -92,3 +92,27 @@ class EndpointFailed(EndpointError):
 
 class StoreError(DelibError, RuntimeError):
     """The archive (a PostgreSQL database) could not be written mid-run."""
+
+
+class DiskFull(StoreError):
+    """The disk holding the archive filled up mid-run; the finished turns are on it."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during, says the disk is full
+    (``ENOSPC``/``EDQUOT``, or SQLite's "database or disk is full")."""
+    import errno
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(current):
+            return True
+        stack += [current.__cause__, current.__context__]
+    return False

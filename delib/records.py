@@ -85,6 +85,10 @@ class Turn(TypedDict):
     summary_tokens: NotRequired[int]  # what that summary cost (estimated)
     truncated: NotRequired[dict[str, int]]  # received_chars, kept_chars: a reply past its cap
     stance: NotRequired[Stance]  # where the scenario has a motion (participants' statements)
+    reasoning: NotRequired[str]  # a reasoning model's thinking, never part of ``text``
+    reasoning_tokens: NotRequired[int]  # what it cost (reported, else estimated)
+    tool_calls: NotRequired[int]  # tool calls the model made instead of answering
+    failed: NotRequired[Literal["empty_reply"]]  # no answer in the reply, even when retried
 
 
 class Event(TypedDict):

@@ -65,6 +65,13 @@ def test_a_first_attempt_that_succeeds_never_builds_the_loop(monkeypatch):
     assert made == [1]
 
 
+def test_the_wait_is_told_before_it_is_waited():
+    seen = []
+    call, _ = calls(status_error(429, "0.01"), "answer")
+    asyncio.run(with_retries(call, 2, 0, on_retry=lambda n, e: seen.append(e)))
+    assert len(seen) == 1 and seen[0].endswith("waiting 0.01s") and "429" in seen[0]
+
+
 def test_retries_are_numbered_and_counted_as_attempts():
     seen = []
     call, made = calls(status_error(503, "0"), status_error(429, "0"), "answer")

@@ -135,7 +135,19 @@ def to_html(manifest: dict, records: list[dict]) -> str:
             f'<span class="who">{_e(record["name"])}</span> '
             f'<span class="meta">· {_e(label)} · turn {_e(record["index"])} · '
             f"{_e(record.get('model', ''))} · {spent} tokens</span>"
-            f'<p class="text">{_e(record["text"]) or "<i>(empty reply)</i>"}</p></div>'
+            + (
+                f'<details class="reasoning"><summary>reasoning</summary>'
+                f'<p class="text">{_e(record["reasoning"])}</p></details>'
+                if record.get("reasoning")
+                else ""
+            )
+            + f'<p class="text">{_e(record["text"]) or "<i>(empty reply)</i>"}</p>'
+            + (
+                '<p class="meta">(cut at max tokens)</p>'
+                if record.get("finish_reason") == "length"
+                else ""
+            )
+            + "</div>"
         )
     verdict = manifest.get("verdict")
     if verdict:

@@ -37,6 +37,17 @@ def event_detail(event: dict) -> str:
             parts.append(f"turns {event['recovered_turns']} finished before the crash are kept")
         parts.append(f"endpoint {', '.join(event.get('endpoints') or [])}")
         return "; ".join(parts)
+    if name == "empty_reply":
+        why = f"finish reason {event.get('finish_reason')}"
+        if event.get("reasoning_chars"):
+            why += f", {event['reasoning_chars']} characters of reasoning only"
+        if event.get("tool_calls"):
+            why += f", {event['tool_calls']} tool call(s) only"
+        return (
+            f"turn {event['turn']} ({event.get('speaker')}) had no answer ({why}); {event['then']}"
+        )
+    if name == "empty_replies":
+        return f"stopped: {event['hint']}"
     if name == "truncated_line_dropped":
         return f"a half-written last line ({event['bytes']} bytes) was cut from turns.jsonl"
     return str(event.get("reason") or event.get("what") or event.get("speaker") or "")
@@ -56,8 +67,9 @@ def _tokens_line(tokens: dict) -> str:
     return f"{tokens['prompt']} prompt + {tokens['completion']} completion tokens{mark}"
 
 
-def markdown(manifest: dict, records: list[dict]) -> str:
-    """The debate as a person would read it."""
+def markdown(manifest: dict, records: list[dict], reasoning: bool = True) -> str:
+    """The debate as a person would read it; a reasoning model's thinking folded, or (with
+    ``reasoning`` false) only said to be there."""
     scenario = manifest["scenario"]
     lines = [
         f"# {scenario['title']}",
@@ -92,13 +104,26 @@ def markdown(manifest: dict, records: list[dict]) -> str:
         if record["kind"] == "verdict" and (manifest.get("verdict") or {}).get("valid"):
             lines += ["*(structured verdict below)*", ""]
         else:
+            if record.get("reasoning") and reasoning:
+                thought = md_text(record["reasoning"]).replace("\n", "\n> ")
+                lines += ["<details><summary>reasoning</summary>", "", f"> {thought}", "",
+                          "</details>", ""]  # fmt: skip
+            elif record.get("reasoning"):
+                lines += [f"*(reasoning hidden: {len(record['reasoning'])} characters)*", ""]
             lines += [md_text(record["text"]) or "*(empty reply)*", ""]
+        if record.get("finish_reason") == "length":
+            lines += ["*(cut at max tokens)*", ""]
         if "stance" in record:
             lines += [f"*{stance_text(record['stance'])}*", ""]
     lines += verdict_lines(manifest)
+    cut = sum(1 for r in records if r["type"] == "turn" and r.get("finish_reason") == "length")
     tokens = manifest.get("tokens")
+    if tokens or cut:
+        lines += ["---", ""]
+    if cut:
+        lines += [f"{cut} turn{'s' if cut != 1 else ''} cut at max tokens.", ""]
     if tokens:
-        lines += ["---", "", f"Tokens: {_tokens_line(tokens)}.", ""]
+        lines += [f"Tokens: {_tokens_line(tokens)}.", ""]
     return "\n".join(lines)
 
 

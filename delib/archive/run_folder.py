@@ -65,7 +65,7 @@ _SYNCER = ThreadPoolExecutor(
     max_workers=1, thread_name_prefix="delib-fsync", initializer=_signals_to_the_main_thread
 )
 # Runs that ended on their own; only the others (killed, interrupted, failed) can be resumed.
-FINISHED = ("completed", "max_rounds", "token_budget", "deadlock")
+FINISHED = ("completed", "max_rounds", "token_budget", "deadlock", "empty_replies")
 
 
 def new_run_id(scenario_id: str) -> str:
@@ -292,8 +292,12 @@ class RunFolder:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:  # a full disk, say: the file as it was stays, the half-written copy goes
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)

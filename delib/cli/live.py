@@ -84,6 +84,11 @@ class LiveView:
             self.header(start)
             if turn["kind"] != "verdict":
                 self.console.print(inert(turn["text"]), markup=False, highlight=False)
+        if turn.get("finish_reason") == "length":
+            self.console.print("[dim](cut at max tokens)[/dim]")
+        if turn.get("reasoning"):
+            n = len(turn["reasoning"])
+            self.console.print(f"[dim](thought for {n} characters, kept in the record)[/dim]")
         if "stance" in turn:
             self.console.print(f"[dim]{safe(stance_text(turn['stance']))}[/dim]")
         self.starts.pop(index, None)

@@ -200,6 +200,15 @@ def _execute(debate: Run, as_json: bool) -> None:
             f"{' (estimated)' if tokens.get('estimated') else ''} · {safe(result.where)}",
             soft_wrap=True,
         )
+        cut = sum(1 for t in result.turns if t.get("finish_reason") == "length")
+        if cut:
+            out.print(
+                f"[dim]{cut} turn{'s' if cut != 1 else ''} cut at max tokens "
+                "(--max-tokens raises the cap)[/dim]"
+            )
+        hint = next((e["hint"] for e in result.events if e["event"] == "empty_replies"), None)
+        if hint:
+            out.print(f"[yellow]hint:[/yellow] {safe(hint)}", soft_wrap=True)
     if result.error is not None or result.error_message:
         line = error_line(result.error) if isinstance(result.error, DelibError) else None
         err.print(

@@ -119,11 +119,14 @@ def _load_run(archive: str | None, wanted: str) -> tuple[Path | None, dict, list
 @transcripts_app.command("show")
 def transcripts_show(
     run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    reasoning: Annotated[
+        bool, typer.Option("--reasoning", help="Show reasoning models' thinking, folded.")
+    ] = False,
     archive: ArchiveOpt = None,
 ) -> None:
-    """Print one run as Markdown."""
+    """Print one run as Markdown (a reasoning model's thinking only noted, unless --reasoning)."""
     _, manifest, records = _load_run(archive, run_id)
-    out.print(markdown(manifest, records), markup=False)
+    out.print(markdown(manifest, records, reasoning=reasoning), markup=False)
 
 
 @transcripts_app.command("search")

@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from delib.debate import prompts
+from delib.debate.calls import build_prompt, call, emit, token_counts
 from delib.debate.ladder import LADDER, climb, resolved
 from delib.debate.routing import (
     merged,
@@ -22,23 +23,20 @@ from delib.debate.routing import (
     verdict_tokens,
     visible,
 )
-from delib.debate.speaking import (
-    TurnSpec,
-    ask_ahead,
-    build_prompt,
-    call,
-    choose_ahead,
-    emit,
-    speak_turn,
-    take_choice,
-    token_counts,
-)
+from delib.debate.speaking import TurnSpec, ask_ahead, choose_ahead, speak_turn, take_choice
 from delib.debate.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.debate.verdict import parse_verdict
 from delib.detect.loops import Detection, LoopMode, detect
 from delib.models.structured import speaker_schema, verdict_schema
 from delib.records import estimate_tokens, spent
 
+# Participant turns in a row with no answer in them (each retried once) that end the run.
+EMPTY_STREAK = 2
+EMPTY_HINT = (
+    "the model answered nothing, twice, even when asked again: raise --max-tokens (a "
+    "reasoning model can spend it all thinking), or switch the server's reasoning off "
+    "(see docs/endpoints.md, reasoning models)"
+)
 # A speaker choice is one id, or a JSON object holding one.
 SELECT_MAX_TOKENS = 32
 # How much of the moderator's speaker-choice reply an event keeps.
@@ -218,9 +216,15 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
     config = ctx.loops
     count = state.get("count", 0)
     update: dict[str, Any] = {"checked": count}
+    everyone = [t for t in ctx.log.turns if t["role"] == "participant"]
+    empty = everyone[-EMPTY_STREAK:]
+    if len(empty) == EMPTY_STREAK and all(t.get("failed") == "empty_reply" for t in empty):
+        if empty[-1]["index"] >= state.get("checked", 0):
+            emit(ctx, writer, "empty_replies", turns=[t["index"] for t in empty], hint=EMPTY_HINT)
+            return {**update, "events": 1, "stop_reason": StopReason.empty_replies.value}
     if config.mode is LoopMode.off:
         return update
-    said = [t for t in ctx.log.turns if t["role"] == "participant"]
+    said = [t for t in everyone if "failed" not in t]
     checked = state.get("checked", 0)
     detections: list[Detection] = []
     for n, turn in enumerate(said, start=1):

@@ -131,7 +131,7 @@ def route(state: DebateState) -> str | list[Send]:
     """After a step that planned: the end (deadlock), the verdict, an interjection, or the
     speakers: one participant's ``turn`` (spoken and watched in one step), the moderator's
     choice first, or a ``speak`` per participant at once."""
-    if state.get("stop_reason") == StopReason.deadlock.value:
+    if state.get("stop_reason") in (StopReason.deadlock.value, StopReason.empty_replies.value):
         return "end"
     if state.get("stop_reason"):
         return "close"

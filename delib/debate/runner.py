@@ -33,7 +33,7 @@ from delib.debate.result import RunResult
 from delib.debate.resume import apply, history_entry, kept_records, reconcile, resume_request
 from delib.debate.speaking import ask_ahead, cancel_ahead
 from delib.debate.state import DebateContext, StopReason
-from delib.errors import DelibError, StoreError
+from delib.errors import DelibError, DiskFull, StoreError, disk_full
 from delib.library.personas import Persona
 from delib.library.scenarios import Scenario
 from delib.models.config import Overrides
@@ -164,7 +164,9 @@ class Run:
             self._finish(folder, recorder, manifest, StopReason.interrupted, None, final)
             raise
         except Exception as exc:
-            lost = _databaselost_error(exc, store, folder.run_id)
+            lost = _databaselost_error(exc, store, folder.run_id) or _disk_full_error(
+                exc, store, folder.run_id
+            )
             if lost is None:
                 message = f"internal error: {type(exc).__name__}: {exc}"
                 self._finish(folder, recorder, manifest, StopReason.error, message, final)
@@ -206,11 +208,22 @@ class Run:
             adaptations = [dataclasses.asdict(a) for a in self.clients.adaptations()]
             try:
                 manifest = recorder.finish(stop.value, message, final.get("verdict"), adaptations)
-            except StoreError as exc:  # the database went away: the run stays resumable
+            except (StoreError, OSError) as exc:  # the database went away, or the disk is full
+                if isinstance(exc, OSError) and not disk_full(exc):
+                    raise
                 if error is None:
-                    stop, error, message = StopReason.error, exc, str(exc)
+                    stop, message = StopReason.error, str(exc)
+                    error = (
+                        exc
+                        if isinstance(exc, StoreError)
+                        else _disk_full_error(exc, self._store, folder.run_id)
+                    )
                 manifest = {**manifest, "stop_reason": stop.value, "error": message}
-            recorder.close()
+            try:
+                recorder.close()
+            except OSError as exc:  # a full disk: what could be written is written
+                if not disk_full(exc):
+                    raise
             records = recorder.records
         return RunResult(
             run_id=folder.run_id,
@@ -245,6 +258,16 @@ class Run:
             if self._store is not None and self._own_store:
                 self._store.close()
             self._store = None
+
+
+def _disk_full_error(exc: BaseException, store: Any, run_id: str) -> DiskFull | None:
+    """The archive's disk filled up: one line that names the archive, or None."""
+    if not disk_full(exc):
+        return None
+    return DiskFull(
+        f"the disk holding the archive {store.location} is full; the finished turns are kept "
+        f"there: free some space, then 'delib resume {run_id}' goes on"
+    )
 
 
 def _databaselost_error(exc: BaseException, store: Any, run_id: str) -> StoreError | None:

@@ -19,118 +19,13 @@ import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from delib.debate import prompts
-from delib.debate.routing import prompt_limit, reply_cap
+from delib.debate.calls import Writer, build_prompt, call, emit, token_counts
 from delib.debate.state import DebateContext
 from delib.detect import stance as stances
 from delib.detect.refusal import classify
 from delib.library.personas import Persona
 from delib.models.endpoints import SENT, Prompt, Reply
-from delib.records import Event, Tokens, Turn, estimate_tokens, make_event, now
-
-Writer = Callable[[dict], None]
-
-
-# No tokenizer puts more characters than this in one token: a reply longer than its reported
-# completion tokens allow was counted wrong (or not capped by the server), and is estimated.
-MAX_CHARS_PER_TOKEN = 32
-
-
-def token_counts(reply: Reply, prompt: Prompt) -> Tokens:
-    """What the server reported, else (or where the report cannot be true) an estimate from
-    all the text received."""
-    received = max(reply.received_chars, len(reply.text))
-    implausible = (reply.completion_tokens or 0) * MAX_CHARS_PER_TOKEN < received
-    if reply.usage_reported and not implausible:
-        return {
-            "prompt": reply.prompt_tokens or 0,
-            "completion": reply.completion_tokens or 0,
-            "estimated": False,
-        }
-    return {
-        "prompt": reply.prompt_tokens or estimate_tokens(prompt.chars()),
-        "completion": estimate_tokens(received),
-        "estimated": True,
-    }
-
-
-def emit(ctx: DebateContext, writer: Writer, name: str, **fields: Any) -> Event:
-    """Record an event and announce it."""
-    event = make_event(name, **fields)
-    ctx.log.add(event)
-    writer({"kind": "event", "event": event})
-    return event
-
-
-def build_prompt(
-    ctx: DebateContext, speaker: Persona, turns: list[Turn], instruction: str, reply_tokens: int
-) -> Prompt:
-    """The speaker's prompt, trimmed to its endpoint's context if that is known."""
-    endpoint = ctx.speakers[speaker.id].endpoint
-    limit = prompt_limit(endpoint.config.context_tokens, reply_tokens)
-    layout = ctx.prompt_layout or endpoint.layout()
-    return prompts.build(speaker, ctx.scenario, ctx.cast, turns, instruction, limit, layout)
-
-
-async def call(
-    ctx: DebateContext,
-    writer: Writer,
-    speaker: Persona,
-    prompt: Prompt,
-    *,
-    index: int,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    stream: bool | None = None,
-    model: str | None = None,
-    schema: tuple[str, dict[str, Any]] | None = None,
-) -> Reply:
-    """One model call for this speaker, streaming tokens and retries to the writer; with
-    ``schema``, asking for JSON that fits it where the endpoint can."""
-    settings = ctx.speakers[speaker.id]
-    client = ctx.clients.get(settings.endpoint)
-    streaming = ctx.stream if stream is None else stream
-
-    loop = asyncio.get_running_loop()
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            text = "".join(pending)
-            pending.clear()
-            ctx.log.token(index, text)
-            writer({"kind": "token", "index": index, "speaker": speaker.id, "text": text})
-
-    def on_token(text: str) -> None:
-        # Chunks that arrive together (one read from the socket) go out as one message at
-        # the end of that turn of the event loop; a chunk on its own goes out at once.
-        if not pending:
-            loop.call_soon(flush)
-        pending.append(text)
-
-    def on_retry(attempt: int, error: str) -> None:
-        flush()
-        message = {"kind": "retry", "index": index, "speaker": speaker.id}
-        writer({**message, "attempt": attempt, "error": error})
-
-    assert settings.model is not None
-    cap = reply_cap(
-        max_tokens or settings.max_tokens, prompt.chars(), settings.endpoint.config.context_tokens
-    )
-    try:
-        return await client.complete(
-            prompt,
-            model=model or settings.model,
-            temperature=settings.temperature if temperature is None else temperature,
-            max_tokens=cap,
-            seed=ctx.seed,
-            stream=streaming,
-            on_token=on_token if streaming else None,
-            on_retry=on_retry,
-            schema=schema,
-        )
-    finally:
-        flush()  # every token message before the turn's own
+from delib.records import Tokens, Turn, estimate_tokens, now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +203,46 @@ def cancel_ahead(ctx: DebateContext) -> None:
     ctx.choices.clear()
 
 
+# Added to the prompt when a reply had no answer in it, for the one retry it gets.
+EMPTY_NUDGE = (
+    "(Your last reply had no answer in it. Answer now, in a few plain sentences, without "
+    "calling tools.)"
+)
+
+
+def _nudged(prompt: Prompt) -> Prompt:
+    *earlier, last = prompt.messages
+    if last["role"] == "user":
+        messages = [*earlier, {**last, "content": f"{last['content']}\n\n{EMPTY_NUDGE}"}]
+    else:
+        messages = [*prompt.messages, {"role": "user", "content": EMPTY_NUDGE}]
+    return dataclasses.replace(prompt, messages=messages)
+
+
+def _empty_event(ctx: DebateContext, writer: Writer, spec: TurnSpec, reply: Reply, then: str):
+    emit(ctx, writer, "empty_reply", turn=spec.index, speaker=spec.speaker.id,
+         finish_reason=reply.finish_reason, reasoning_chars=len(reply.reasoning),
+         tool_calls=reply.tool_calls, then=then)  # fmt: skip
+
+
+async def _answer_again(
+    ctx: DebateContext, writer: Writer, spec: TurnSpec, prompt: Prompt, reply: Reply
+) -> tuple[Reply, Tokens]:
+    """One more try for a reply with no answer in it (empty, whitespace, thinking only, or
+    tool calls only), with a nudge, and twice the token cap when the first was cut at it; the
+    second reply, and what the first cost."""
+    _empty_event(ctx, writer, spec, reply, "retry")
+    cap = spec.max_tokens or ctx.speakers[spec.speaker.id].max_tokens
+    again = await call(
+        ctx, writer, spec.speaker, _nudged(prompt), index=spec.index,
+        max_tokens=cap * 2 if reply.finish_reason == "length" else cap,
+        stream=spec.stream, model=spec.model, schema=spec.schema,
+    )  # fmt: skip
+    if not again.text.strip():
+        _empty_event(ctx, writer, spec, again, "recorded as failed")
+    return again, token_counts(reply, prompt)
+
+
 def answered(ctx: DebateContext) -> str:
     """What a new turn answers, for the refusal classifier: the question, and the turn before."""
     turns = ctx.log.turns
@@ -337,6 +272,9 @@ async def speak_turn(
             asked.reply.cancel()
         prompt, started_at, request = _ask(ctx, writer, spec)
         reply = await request
+    first_cost = None
+    if not reply.text.strip():
+        reply, first_cost = await _answer_again(ctx, writer, spec, prompt, reply)
     settings = ctx.speakers[speaker.id]
     text, position = stances.split(reply.text) if stance else (reply.text, None)
     turn: Turn = {
@@ -356,12 +294,26 @@ async def speak_turn(
         "finish_reason": reply.finish_reason,
         "started_at": started_at,
     }
+    if first_cost is not None:
+        for key in ("prompt", "completion"):
+            turn["tokens"][key] += first_cost[key]  # type: ignore[literal-required]
+        turn["tokens"]["estimated"] = turn["tokens"]["estimated"] or first_cost["estimated"]
+    if not text.strip():
+        turn["failed"] = "empty_reply"
+    if reply.reasoning:
+        turn["reasoning"] = reply.reasoning
+        turn["reasoning_tokens"] = reply.reasoning_tokens or estimate_tokens(reply.reasoning)
+    if reply.tool_calls:
+        turn["tool_calls"] = reply.tool_calls
     if position is not None:
         turn["stance"] = position
     if reply.timings:
         turn["timings"] = reply.timings
     if reply.truncated:  # a server that ignored max_tokens: the rest was counted, not kept
-        turn["truncated"] = {"received_chars": reply.received_chars, "kept_chars": len(reply.text)}
+        turn["truncated"] = {
+            "received_chars": reply.received_chars,
+            "kept_chars": reply.stored_chars,
+        }
     if prompt.omitted:
         turn["omitted_turns"] = prompt.omitted
         turn["summary_tokens"] = estimate_tokens(prompt.summary_chars)

@@ -2,8 +2,9 @@
 
 The check lists the models, then sends one-token chat requests to learn whether a system
 message is accepted (and whether it is really seen: a server that drops it silently reports the
-same prompt size with and without it), whether roles must strictly alternate, and whether token
-usage is reported with and without streaming. Nothing is retried: the report is about the
+same prompt size with and without it), whether roles must strictly alternate, whether the model
+thinks before it answers (a reasoning model), and whether token usage is reported with and
+without streaming. Nothing is retried: the report is about the
 server as it answers now.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import openai
 
+from delib.models import thinking
 from delib.models.config import Endpoint
 from delib.models.endpoints import EndpointClient
 from delib.models.failures import (
@@ -127,10 +129,10 @@ async def _probe(client: EndpointClient, report: Report, model: str | None) -> N
         report.add("model", True, f"{model} is offered" if offered is not None else model)
     report.model = model
 
-    async def chat(messages: list[dict], **extra: Any):
+    async def chat(messages: list[dict], max_tokens: int = 1, **extra: Any):
         t0 = time.perf_counter()
         response = await api.chat.completions.create(
-            model=model, messages=messages, max_tokens=1, temperature=0.0, **extra
+            model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, **extra
         )
         return response, time.perf_counter() - t0
 
@@ -160,6 +162,7 @@ async def _probe(client: EndpointClient, report: Report, model: str | None) -> N
         else:
             report.add(name, None, f"could not tell: {describe_error(exc)}", ok=True)
 
+    await _reasoning_check(chat, user, report)
     await _stream_check(api, model, user, report)
     await _structured_check(api, model, client.endpoint.config.structured_output, report)
 
@@ -183,6 +186,40 @@ async def _system_check(chat, user: dict, plain_prompt: int | None, report: Repo
     else:
         grew = response.usage.prompt_tokens - plain_prompt
         report.add(name, True, f"and used (+{grew} prompt tokens)")
+
+
+# Room for a reasoning model to show that it thinks before it answers "OK".
+REASONING_PROBE_TOKENS = 48
+
+
+async def _reasoning_check(chat, user: dict, report: Report) -> None:
+    """Whether the model thinks before it answers, and where it puts the thinking."""
+    name = "reasoning model"
+    try:
+        response, _ = await chat([user], max_tokens=REASONING_PROBE_TOKENS)
+        choice = response.choices[0]
+    except (openai.OpenAIError, IndexError, AttributeError) as exc:
+        report.add(name, None, f"could not tell: {describe_error(exc)}", ok=True)
+        return
+    content = choice.message.content or ""
+    details = getattr(response.usage, "completion_tokens_details", None)
+    spent = getattr(details, "reasoning_tokens", None)
+    if thinking.field_of(choice.message):
+        where = "in a reasoning field"
+    elif thinking.split(content)[1] or "</think" in content.lower():
+        where = "in <think> tags inside the content"
+    elif not content.strip() and choice.finish_reason == "length":
+        where = f"all {REASONING_PROBE_TOKENS} probe tokens went to hidden thinking"
+    elif spent:
+        where = f"{spent} reasoning tokens reported"
+    else:
+        report.add(name, False, "no sign of thinking before the answer", ok=True)
+        return
+    report.add(
+        name, True, f"thinks first ({where}); delib keeps the thinking apart from the turn, "
+        "but it spends the reply cap: raise max_tokens, or switch reasoning off on the server",
+        ok=None,
+    )  # fmt: skip
 
 
 async def _stream_check(api, model: str, user: dict, report: Report) -> None:

@@ -7,6 +7,10 @@ stream, a stream closed early) raises ``BadReply``, which is retried like a 5xx.
 hold for every request: ``timeout`` for the whole of it and ``idle_timeout`` between streamed
 chunks; running past either raises ``Stalled``. Lone surrogates, which no file can hold, become
 U+FFFD.
+
+A reasoning model's thinking (``<think>`` blocks in the content, or a ``reasoning_content`` /
+``reasoning`` field) goes into ``Reply.reasoning``, never into ``Reply.text``, and is not
+streamed to the live view (``thinking``). Tool calls are counted, not kept.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import openai
 import pydantic
 from openai.types.chat import ChatCompletion
 
+from delib.models import thinking
 from delib.models.failures import BadReply, Stalled
 from delib.text import clean
 
@@ -52,7 +57,11 @@ class Reply:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     timings: dict[str, Any] | None = None  # llama.cpp reports prompt/eval timings
-    received_chars: int = 0  # all that came, when more than ``text`` keeps
+    received_chars: int = 0  # all the content that came
+    stored_chars: int = 0  # how much of it was kept (thinking included)
+    reasoning: str = ""  # the model's thinking, apart from its answer
+    reasoning_tokens: int | None = None  # as the server reports them
+    tool_calls: int = 0  # tool calls it made instead of (or beside) an answer
 
     @property
     def usage_reported(self) -> bool:
@@ -60,7 +69,20 @@ class Reply:
 
     @property
     def truncated(self) -> bool:
-        return self.received_chars > len(self.text)
+        return self.received_chars > self.stored_chars
+
+
+def _reasoning_tokens(usage: Any) -> int | None:
+    details = getattr(usage, "completion_tokens_details", None)
+    value = getattr(details, "reasoning_tokens", None)
+    return value if isinstance(value, int) else None
+
+
+def _finish(reply: Reply, content: str, field: str) -> None:
+    """The answer and the thinking of a reply from its whole content and reasoning field."""
+    answer, thought = thinking.split(content)
+    reply.text = answer
+    reply.reasoning = "\n\n".join(part for part in (clean(field).strip(), thought) if part)
 
 
 def kept_chars(params: dict[str, Any]) -> int:
@@ -88,8 +110,10 @@ async def read_whole(client: openai.AsyncOpenAI, params: dict[str, Any], timeout
         raise BadReply(f"the body is not a chat completion ({type(response).__name__})")
     try:
         choice = response.choices[0]
-        text = choice.message.content
+        message = choice.message
+        text = message.content
         finish = choice.finish_reason
+        calls = len(message.tool_calls or [])
     except (*MALFORMED, IndexError):
         raise BadReply("the reply has no choices") from None
     if finish is None or not isinstance(text, str | None):
@@ -97,16 +121,22 @@ async def read_whole(client: openai.AsyncOpenAI, params: dict[str, Any], timeout
     usage = response.usage
     extra = response.model_extra or {}
     text = clean(text or "")
-    return Reply(
-        text=text[: kept_chars(params)],
+    kept = text[: kept_chars(params)]
+    reply = Reply(
+        text="",
         received_chars=len(text),
+        stored_chars=len(kept),
         model=response.model if isinstance(response.model, str) else params["model"],
         latency=time.perf_counter() - started,
         prompt_tokens=getattr(usage, "prompt_tokens", None),
         completion_tokens=getattr(usage, "completion_tokens", None),
+        reasoning_tokens=_reasoning_tokens(usage),
         finish_reason=finish,
         timings=extra.get("timings"),
+        tool_calls=calls,
     )
+    _finish(reply, kept, thinking.field_of(message)[: kept_chars(params)])
+    return reply
 
 
 async def read_stream(
@@ -119,7 +149,14 @@ async def read_stream(
     started = time.perf_counter()
     reply = Reply(text="", model=params["model"], latency=0.0)
     parts: list[str] = []
+    thoughts: list[str] = []
     room = kept_chars(params)
+    live = thinking.LiveFilter()
+
+    def shown(text: str) -> None:
+        if on_token is not None and (answer := live.feed(text)):
+            on_token(answer)
+
     try:
         async with asyncio.timeout(timeout):
             stream = await client.chat.completions.create(**params)
@@ -135,7 +172,7 @@ async def read_stream(
                             if (moment := loop.time()) - moved >= step:
                                 idle.reschedule(moment + idle_timeout + step)
                                 moved = moment
-                            room = _take(chunk, reply, parts, on_token, room)
+                            room = _take(chunk, reply, parts, thoughts, shown, room)
                 except TimeoutError:
                     if idle.expired():
                         raise Stalled(
@@ -151,13 +188,22 @@ async def read_stream(
     if reply.finish_reason is None:
         got = f" after {len(''.join(parts))} characters" if parts else ""
         raise BadReply(f"the stream ended without a finish reason{got}: the reply was cut short")
-    reply.text = "".join(parts)
+    if on_token is not None and (rest := live.flush()):
+        on_token(rest)
+    content = "".join(parts)
+    reply.stored_chars = len(content)
+    _finish(reply, content, "".join(thoughts))
     reply.latency = time.perf_counter() - started
     return reply
 
 
 def _take(
-    chunk: Any, reply: Reply, parts: list[str], on_token: TokenCallback | None, room: int
+    chunk: Any,
+    reply: Reply,
+    parts: list[str],
+    thoughts: list[str],
+    on_token: TokenCallback,
+    room: int,
 ) -> int:
     """One streamed chunk into the reply being built; returns the room left for text."""
     if getattr(chunk, "object", None) == "chat.completion":
@@ -167,19 +213,27 @@ def _take(
     if chunk.usage is not None:
         reply.prompt_tokens = chunk.usage.prompt_tokens
         reply.completion_tokens = chunk.usage.completion_tokens
+        reply.reasoning_tokens = _reasoning_tokens(chunk.usage)
     timings = (chunk.model_extra or {}).get("timings")
     if timings:
         reply.timings = timings
     for choice in chunk.choices or []:
-        content = choice.delta.content if choice.delta else None
+        delta = choice.delta
+        content = delta.content if delta else None
+        if delta is not None:
+            if thought := thinking.field_of(delta):
+                thoughts.append(thought[: max(room, 0)])
+                room -= len(thought)
+            if delta.tool_calls:  # one call comes in several deltas, by index
+                last = max(getattr(call, "index", 0) or 0 for call in delta.tool_calls)
+                reply.tool_calls = max(reply.tool_calls, last + 1)
         if content:
             reply.received_chars += len(content)
             content = clean(content[: max(room, 0)])
             room -= len(content)
             if content:
                 parts.append(content)
-                if on_token:
-                    on_token(content)
+                on_token(content)
         if choice.finish_reason:
             reply.finish_reason = choice.finish_reason
     return room

@@ -56,11 +56,13 @@ class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own stra
 
 def policy(attempts: int, base_wait: float, on_retry: RetryCallback | None = None) -> AsyncRetrying:
     """The retrying loop for ``attempts`` attempts in all; ``on_retry(attempt, error)`` is told
-    of each failure that will be tried again, before the wait."""
+    of each failure that will be tried again, and how long it waits (the live view shows it)."""
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None and state.outcome is not None:
-            on_retry(state.attempt_number, describe_error(state.outcome.exception()))
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            said = describe_error(state.outcome.exception())
+            on_retry(state.attempt_number, f"{said}; waiting {wait:.3g}s" if wait else said)
 
     return AsyncRetrying(
         retry=retry_if_exception(is_retryable),

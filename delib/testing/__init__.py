@@ -8,8 +8,17 @@ from delib.testing.server import (
     FakeOpenAIServer,
     FakeTransport,
     Fault,
+    Shaped,
     answer,
     debate_responder,
 )
 
-__all__ = ["Answer", "Fault", "FakeOpenAIServer", "FakeTransport", "answer", "debate_responder"]
+__all__ = [
+    "Answer",
+    "Fault",
+    "FakeOpenAIServer",
+    "FakeTransport",
+    "Shaped",
+    "answer",
+    "debate_responder",
+]

@@ -36,6 +36,20 @@ class Scripted(Protocol):
     def _template_error(self, messages: list[dict]) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class Shaped:
+    """A scripted reply in a shape real servers send (``server.enqueue(Shaped(...))``): content
+    (None for none at all), thinking in a field of its own (``field``: ``reasoning_content`` as
+    vLLM and DeepSeek name it, or ``reasoning``), tool calls instead of content, or a finish
+    reason of its choosing (``length`` for a reply cut at its cap)."""
+
+    content: str | None = ""
+    reasoning: str = ""
+    field: str = "reasoning_content"
+    tool_calls: bool = False
+    finish: str | None = None
+
+
 @dataclass
 class Answer:
     """One response of the fake: a JSON body, or server-sent events streamed one by one."""
@@ -60,6 +74,23 @@ class Answer:
 
     def pause_after(self, n: int) -> bool:
         return bool(self.chunk_delay) and (self.raw_events or n < len(self.events or []) - 2)
+
+
+def _message(reply: str, shape: Shaped | None) -> dict:
+    message: dict = {"role": "assistant", "content": reply}
+    if shape is None:
+        return message
+    if shape.content is None or shape.tool_calls:
+        message["content"] = None
+    if shape.reasoning:
+        message[shape.field] = shape.reasoning
+    if shape.tool_calls:
+        message["tool_calls"] = [TOOL_CALL]
+    return message
+
+
+TOOL_CALL = {"id": "call_1", "type": "function",
+             "function": {"name": "look_up", "arguments": "{\"q\": \"oversight\"}"}}  # fmt: skip
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Answer:
@@ -127,6 +158,9 @@ def answer(fake: Scripted, method: str, path: str, headers: dict, raw: bytes) ->
             reply = fake.responder(body)
         except Exception as exc:  # a broken script should fail loudly, not hang a test
             return _error(500, f"responder failed: {type(exc).__name__}: {exc}")
+    shape = reply if isinstance(reply, Shaped) else None
+    if shape is not None:
+        reply = shape.content or ""
     if wanted and wanted.get("type") == fake.structured:
         schema = wanted.get("schema") or (wanted.get("json_schema") or {}).get("schema")
         reply = conform(reply, schema, fake.structured_invalid)
@@ -138,6 +172,8 @@ def answer(fake: Scripted, method: str, path: str, headers: dict, raw: bytes) ->
         reply, finish = " ".join(words[:max_tokens]), "length"
     else:
         finish = "stop"
+    if shape is not None and shape.finish:
+        finish = shape.finish
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": len(reply.split()),
@@ -147,7 +183,7 @@ def answer(fake: Scripted, method: str, path: str, headers: dict, raw: bytes) ->
         return Answer(
             200,
             events=sse_events(
-                reply, model, finish, usage if fake.usage else None, fake.chunk_chars, body
+                reply, model, finish, usage if fake.usage else None, fake.chunk_chars, body, shape
             ),
             headers={"Cache-Control": "no-cache"},
             delay=fake.delay,
@@ -161,7 +197,7 @@ def answer(fake: Scripted, method: str, path: str, headers: dict, raw: bytes) ->
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply},
+                "message": _message(reply, shape),
                 "finish_reason": finish,
             }
         ],

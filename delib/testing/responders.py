@@ -11,6 +11,7 @@ import random
 import re
 import time
 import zlib
+from typing import Any
 
 from delib.debate.prompts import SELECT_MARKER, TURN_MARKER, VERDICT_MARKER
 
@@ -107,10 +108,18 @@ def _instance(schema: dict, reply: str):
 
 
 def sse_events(
-    reply: str, model: str, finish: str, usage: dict | None, chunk_chars: int, body: dict
+    reply: str,
+    model: str,
+    finish: str,
+    usage: dict | None,
+    chunk_chars: int,
+    body: dict,
+    shape: Any = None,
 ) -> list[bytes]:
     """A streamed reply as server-sent events: the text in chunks of ``chunk_chars``, the
-    finish reason, the usage if there is one and the request asked for it, then ``[DONE]``."""
+    finish reason, the usage if there is one and the request asked for it, then ``[DONE]``.
+    A ``fake_api.Shaped`` reply streams its reasoning field first, and its tool call in two
+    deltas instead of content."""
 
     def event(choices: list[dict], extra: dict | None = None) -> bytes:
         chunk = {
@@ -126,6 +135,19 @@ def sse_events(
     step = max(1, chunk_chars)
     pieces = [reply[i : i + step] for i in range(0, len(reply), step)] or [""]
     events = []
+    if shape is not None and shape.reasoning:
+        for i in range(0, len(shape.reasoning), step):
+            delta = {shape.field: shape.reasoning[i : i + step], "content": None}
+            events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+    if shape is not None and (shape.tool_calls or shape.content is None):
+        pieces = []
+    if shape is not None and shape.tool_calls:
+        call = {"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "look_up", "arguments": ""}}  # fmt: skip
+        rest = {"index": 0, "function": {"arguments": '{"q": "oversight"}'}}
+        for part in (call, rest):
+            delta = {"role": "assistant", "content": None, "tool_calls": [part]}
+            events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
     for i, piece in enumerate(pieces):
         delta = {"content": piece} if i else {"role": "assistant", "content": piece}
         events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))

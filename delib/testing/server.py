@@ -28,12 +28,20 @@ from typing import Any
 
 import httpx
 
-from delib.testing.fake_api import Answer, answer
+from delib.testing.fake_api import Answer, Shaped, answer
 from delib.testing.responders import debate_responder
 
 Responder = Callable[[dict], str]
 
-__all__ = ["Answer", "Fault", "FakeOpenAIServer", "FakeTransport", "answer", "debate_responder"]
+__all__ = [
+    "Answer",
+    "Fault",
+    "FakeOpenAIServer",
+    "FakeTransport",
+    "Shaped",
+    "answer",
+    "debate_responder",
+]
 
 
 @dataclass
@@ -84,7 +92,7 @@ class FakeOpenAIServer:
     _server: ThreadingHTTPServer | None = None
 
     # --- scripting -------------------------------------------------------------------------
-    def enqueue(self, *replies: str) -> None:
+    def enqueue(self, *replies: str | Shaped) -> None:
         """Replies for the next chat requests, in order, before the responder is used."""
         with self._lock:
             self._replies.extend(replies)
