@@ -173,8 +173,8 @@ def test_ping_pong_and_agreement_chain():
         turn(2, "y", "I agree completely, well said."),
         turn(3, "x", "Thanks, I agree with you too."),
     ]
-    cycles = [d for d in detect(thanks, LoopConfig()) if d.detector == "cycle"]
-    assert cycles and "agree or thank" in cycles[0].detail
+    closures = [d for d in detect(thanks, LoopConfig()) if d.detector == "closure"]
+    assert closures and "agree or thank" in closures[0].detail
 
 
 def test_stagnation_needs_a_full_window():
@@ -552,3 +552,45 @@ def test_replayed_human_discussion_raises_no_loop_event(tmp_path: Path, protocol
     assert len(said) >= 100
     events = [r for r in records if r["type"] == "event" and "loop" in r["event"]]
     assert events == [], [(e.get("detector"), e.get("detail")) for e in events]
+
+
+# --- closure loops ----------------------------------------------------------------------------
+CLOSING = ["Thank you, I agree.", "Well said, thank you.", "I agree, thanks to you both."]
+
+
+def test_agreement_without_new_content_is_a_closure_not_a_cycle():
+    turns = [turn(0, "a", MOVES[0]), *(turn(i, "abc"[i % 3], CLOSING[i % 3]) for i in (1, 2, 3))]
+    found = {d.detector for d in detect(turns, LoopConfig())}
+    assert found == {"closure"}
+
+
+@pytest.mark.parametrize("protocol", [Protocol.round_robin, Protocol.moderator_selects])
+def test_a_panel_that_only_thanks_closes_with_its_own_stop_reason(tmp_path, protocol):
+    said = {"n": 0}
+
+    from delib.library.personas import persona_library
+
+    moderator = persona_library(None).get("societal-impacts").item.name
+
+    def responder(body: dict) -> str:
+        text = debate_responder(body)
+        last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+        if TURN_MARKER in last and f"{TURN_MARKER}, {moderator}" not in last:
+            said["n"] += 1
+            if said["n"] > 3:  # after the first round, only thanks
+                return CLOSING[said["n"] % 3]
+        return text
+
+    with FakeOpenAIServer(responder=responder) as server:
+        request = RunRequest(
+            scenario="alignment-difficulty",
+            overrides=Overrides(base_url=server.base_url, model="test-model"),
+            archive=tmp_path, rounds=6, protocol=protocol,
+        )  # fmt: skip
+        result = asyncio.run(run_debate(request, lambda message: None))
+    assert result.stop_reason is StopReason.closure, result.error_message
+    events = [e["event"] for e in result.events]
+    assert "closure" in events and "intervention" not in events and "deadlock" not in events
+    assert result.turns[-1]["kind"] == "verdict" and result.verdict
+    statements = [t for t in result.turns if t["kind"] == "statement"]
+    assert len(statements) <= 3 + 3  # ended within the run of thanks, not at max rounds

@@ -46,6 +46,8 @@ def event_detail(event: dict) -> str:
         return (
             f"turn {event['turn']} ({event.get('speaker')}) had no answer ({why}); {event['then']}"
         )
+    if name == "closure":
+        return f"the moderator closes: {event['detail']} ({', '.join(event['speakers'])})"
     if name == "empty_replies":
         return f"stopped: {event['hint']}"
     if name == "truncated_line_dropped":

@@ -65,7 +65,7 @@ _SYNCER = ThreadPoolExecutor(
     max_workers=1, thread_name_prefix="delib-fsync", initializer=_signals_to_the_main_thread
 )
 # Runs that ended on their own; only the others (killed, interrupted, failed) can be resumed.
-FINISHED = ("completed", "max_rounds", "token_budget", "deadlock", "empty_replies")
+FINISHED = ("completed", "max_rounds", "token_budget", "deadlock", "closure", "empty_replies")
 
 
 def new_run_id(scenario_id: str) -> str:

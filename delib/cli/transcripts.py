@@ -69,7 +69,8 @@ def transcripts_list(
         str | None,
         typer.Option(
             help="Only runs that ended so: completed, max_rounds, token_budget, deadlock, "
-            "error, interrupted, or running (also runs killed without a word)."
+            "closure, empty_replies, error, interrupted, or running (also runs killed without "
+            "a word)."
         ),
     ] = None,
     since: Annotated[

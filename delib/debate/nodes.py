@@ -253,6 +253,11 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
     update["last_detection"] = count
     if config.mode is LoopMode.warn:
         return {**update, "events": events}
+    closure = next((d for d in detections if d.detector == "closure"), None)
+    if closure is not None:  # nothing left to say: the moderator closes, no intervention
+        emit(ctx, writer, "closure", speakers=closure.speakers, turns=closure.turns,
+             detail=closure.detail)  # fmt: skip
+        return {**update, "events": events + 1, "stop_reason": StopReason.closure.value}
     step = climb(
         detections,
         mode=config.mode,

@@ -36,6 +36,7 @@ class StopReason(StrEnum):
     max_rounds = "max_rounds"  # the scenario's round ceiling cut the planned rounds short
     token_budget = "token_budget"  # the next turn would not fit in the token budget
     deadlock = "deadlock"  # the loop detector gave up breaking a loop
+    closure = "closure"  # participants only agreed and thanked: the moderator closed early
     empty_replies = "empty_replies"  # participants answered nothing, twice in a row, retried
     error = "error"  # a model call failed for good (the error is recorded)
     interrupted = "interrupted"  # Ctrl-C or SIGTERM

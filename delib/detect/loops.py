@@ -64,7 +64,7 @@ class LoopConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Detection:
-    detector: str  # refusal_deadlock | repetition | cycle | stagnation
+    detector: str  # refusal_deadlock | repetition | cycle | stagnation | closure
     score: float
     speakers: list[str]
     turns: list[int]  # indices of the turns involved
@@ -207,7 +207,7 @@ def detect(turns: list[dict], config: LoopConfig) -> list[Detection]:
             span = window[-run:]
             found.append(
                 Detection(
-                    "cycle",
+                    "closure",
                     1.0,
                     sorted({t["speaker"] for t in span}),
                     [t["index"] for t in span],
