@@ -309,3 +309,44 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(
     assert code == 0, err
     again = [r for r in read_records(moved / run.name) if r["type"] == "turn"]
     assert len(again) > len(kept) and again[: len(kept)] == kept
+
+
+def field_responder(field: str):
+    def respond(body: dict):
+        return Shaped(content=debate_responder(body), reasoning=THOUGHT, field=field)
+
+    return respond
+
+
+@BOTH
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_debate_whose_model_thinks_in_a_field_sees_only_answers(stream, field, tmp_path):
+    with FakeOpenAIServer(responder=field_responder(field), chunk_chars=9) as server:
+        result, messages = debate(server, tmp_path, rounds=1, stream=stream)
+        sent = json.dumps([h["body"] for h in server.chat_requests()])
+    assert result.stop_reason is StopReason.completed, result.error_message
+    records = read_records(result.folder)
+    assert not [r for r in records if r["type"] == "event"]
+    turns = [r for r in records if r["type"] == "turn"]
+    assert all(t["reasoning"] == THOUGHT and t["refusal"]["label"] == "engaged" for t in turns)
+    assert "decide yet" not in sent
+    assert "decide yet" not in "".join(m["text"] for m in messages if m["kind"] == "token")
+
+
+@BOTH
+def test_a_tool_call_instead_of_a_turn_is_asked_again(stream, tmp_path):
+    left = [1]
+
+    def respond(body: dict):
+        if participant_turn(body) and left[0]:
+            left[0] -= 1
+            return Shaped(content=None, tool_calls=True, finish="tool_calls")
+        return debate_responder(body)
+
+    with FakeOpenAIServer(responder=respond) as server:
+        result, _ = debate(server, tmp_path, rounds=1, stream=stream)
+    assert result.stop_reason is StopReason.completed, result.error_message
+    records = read_records(result.folder)
+    empty = [r for r in records if r["type"] == "event" and r["event"] == "empty_reply"]
+    assert len(empty) == 1 and empty[0]["tool_calls"] == 1 and empty[0]["then"] == "retry"
+    assert all(t["text"] for t in records if t["type"] == "turn")

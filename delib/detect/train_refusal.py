@@ -137,7 +137,7 @@ def _fit_once(by_source: dict[str, list[dict]], context: bool) -> tuple[bytes, d
     lengths = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
     x = sp.diags(1.0 / np.where(lengths > 0, lengths, 1.0)) @ x
     y = np.array([1 if r["label"] == "refusal" else 0 for r in rows])
-    sample = np.array(weights) / np.mean(weights)
+    sample = np.array(weights) / (math.fsum(weights) / len(weights))  # fsum: same on any CPU
     sample *= np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum())))
     model = LogisticRegression(solver="liblinear", C=C, tol=1e-6, max_iter=1000)
     model.fit(sp.hstack([x, sp.csr_matrix(dense)]).tocsr(), y, sample_weight=sample)
