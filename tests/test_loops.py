@@ -554,6 +554,25 @@ def test_replayed_human_discussion_raises_no_loop_event(tmp_path: Path, protocol
     assert events == [], [(e.get("detector"), e.get("detail")) for e in events]
 
 
+def test_replies_without_any_cue_skip_the_sentence_tags_and_lose_nothing():
+    """The short cut (no cue anywhere, score under the threshold: engaged) gives what tagging
+    every sentence gives, on every labelled reply and every reply of these tests."""
+    from delib.detect import refusal
+
+    texts = [json.loads(line)["text"] for path in sorted(DATA.parent.glob("refusals-*.jsonl"))
+             for line in path.read_text().splitlines()]  # fmt: skip
+    texts += REFUSALS + ENGAGED + MOVES
+    skipped = 0
+    for text in texts:
+        clean = refusal._normalise(text)
+        if clean and not refusal._any_cue(clean):
+            skipped += 1
+            found = refusal.features(clean)
+            assert not (found["explicit_share"] or found["soft_share"] or found["explicit_open"])
+            assert not refusal.declines_only(found)
+    assert skipped > 500
+
+
 # --- closure loops ----------------------------------------------------------------------------
 CLOSING = ["Thank you, I agree.", "Well said, thank you.", "I agree, thanks to you both."]
 

@@ -311,6 +311,13 @@ DECLINING_SHARE = 0.6
 DECLINING_MAX_LOG_CLEAN = 0.75
 
 
+def _any_cue(text: str) -> bool:
+    """Whether any refusal cue occurs in ``text`` at all (most debate turns have none: their
+    sentences need not be tagged)."""
+    cues, searched = _searched(text)
+    return bool(cues.explicit_any.search(searched) or cues.soft_any.search(searched))
+
+
 def declines_only(found: dict[str, float]) -> bool:
     share = found["explicit_share"] + found["soft_share"]
     return share >= DECLINING_SHARE and found["log_clean"] < DECLINING_MAX_LOG_CLEAN
@@ -326,6 +333,8 @@ def classify(text: str, context: str | None = None, model: Model | None = None) 
         return Classification("engaged", 0.0)
     chosen = model or shipped()
     score = round(chosen.score(text, context), 3)
+    if score < chosen.threshold and not _any_cue(text):
+        return Classification("engaged", score)  # nothing declines: the cues have nothing to say
     found = features(text)
     refused = score >= chosen.threshold or declines_only(found)
     if (refused or found["explicit_open"]) and _answers_after_declining(text, found):
