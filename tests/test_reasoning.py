@@ -350,3 +350,8 @@ def test_a_tool_call_instead_of_a_turn_is_asked_again(stream, tmp_path):
     empty = [r for r in records if r["type"] == "event" and r["event"] == "empty_reply"]
     assert len(empty) == 1 and empty[0]["tool_calls"] == 1 and empty[0]["then"] == "retry"
     assert all(t["text"] for t in records if t["type"] == "turn")
+
+
+def test_endpoints_list_names_each_presets_reasoning_switch(cli):
+    code, out, _ = cli("endpoints", "list")
+    assert code == 0 and "reasoning-budget 0" in out and '"think": false' in out

@@ -26,6 +26,7 @@ from delib.models.config import (
     CLI_ENDPOINT,
     EMBEDDED_ENDPOINT,
     PRESETS,
+    REASONING_SWITCHES,
     Config,
     Overrides,
     Resolver,
@@ -76,6 +77,15 @@ def endpoints_list() -> None:
         out.print("[dim]embedded models (choose with --local-model NAME):[/dim]")
         for name, (what, *_) in LOCAL_MODELS.items():
             out.print(f"[dim]  {name}: {safe(what)}[/dim]", soft_wrap=True)
+    presets = [
+        name for name in REASONING_SWITCHES if PRESETS.get(name) is config.endpoints.get(name)
+    ]
+    if presets:
+        out.print(
+            "[dim]reasoning models: thinking is kept apart from the answer; to switch it off[/dim]"
+        )
+        for name in presets:
+            out.print(f"[dim]  {name}: {safe(REASONING_SWITCHES[name])}[/dim]", soft_wrap=True)
     sources = ", ".join(str(p) for p in config.sources) or "none found"
     out.print(f"[dim]config files: {safe(sources)}[/dim]", soft_wrap=True)
 
