@@ -26,7 +26,6 @@ from delib.models.config import (
     CLI_ENDPOINT,
     EMBEDDED_ENDPOINT,
     PRESETS,
-    REASONING_SWITCHES,
     Config,
     Overrides,
     Resolver,
@@ -40,6 +39,7 @@ from delib.models.local_models import (
     model_for,
 )
 from delib.models.probe import check_endpoint
+from delib.models.thinking import REASONING_SWITCHES
 from delib.text import safe
 
 endpoints_app = typer.Typer(

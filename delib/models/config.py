@@ -131,15 +131,6 @@ class EndpointConfig(BaseModel):
 
 
 # Ready-made endpoints for the common local servers, each on its usual port.
-# How each preset's server switches a reasoning model's thinking off, or splits it out of the
-# content (``delib endpoints list`` shows it; docs/endpoints.md has the whole story).
-REASONING_SWITCHES: dict[str, str] = {
-    "ollama": 'request "think": false, or a model tag without thinking',
-    "vllm": "--reasoning-parser NAME splits it out; Qwen3: enable_thinking=false",
-    "llamacpp": "llama-server --reasoning-budget 0; --reasoning-format deepseek splits it out",
-    "lmstudio": "the model's reasoning setting in LM Studio",
-}
-
 PRESETS: dict[str, EndpointConfig] = {
     # Ollama serves one request per model at a time unless OLLAMA_NUM_PARALLEL says more.
     "ollama": EndpointConfig(base_url="http://localhost:11434/v1", max_concurrency=1),

@@ -105,3 +105,13 @@ class LiveFilter:
         """What is left at the end of the stream (a held ``<`` that started no tag)."""
         left, self.pending = ("" if self.inside else self.pending), ""
         return left
+
+
+# How each preset server (``config.PRESETS``) switches a reasoning model's thinking off, or
+# splits it out of the content (``delib endpoints list`` shows it; docs/endpoints.md has all).
+REASONING_SWITCHES: dict[str, str] = {
+    "ollama": 'request "think": false, or a model tag without thinking',
+    "vllm": "--reasoning-parser NAME splits it out; Qwen3: enable_thinking=false",
+    "llamacpp": "llama-server --reasoning-budget 0; --reasoning-format deepseek splits it out",
+    "lmstudio": "the model's reasoning setting in LM Studio",
+}
