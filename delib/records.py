@@ -55,8 +55,9 @@ class Tokens(TypedDict):
 
 class Refusal(TypedDict):
     label: Literal["refusal", "partial", "engaged"]
-    score: float
-    cues: list[str]
+    score: float  # the local classifier's
+    local: NotRequired[str]  # the local label, where a refusal judge gave ``label``
+    judge: NotRequired[Literal["judge", "cache"]]  # asked, or its answer for the same text
 
 
 TurnKind = Literal["opening", "statement", "interjection", "intervention", "verdict"]

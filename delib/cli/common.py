@@ -75,6 +75,7 @@ SETTING_FLAGS = {
     "loop_options": "--loop-option",
     "persona_models": "--persona-model",
     "rounds": "--rounds",
+    "refusal_judge": "--refusal-judge",
 }
 
 

@@ -130,6 +130,13 @@ def run(
     local_model: LocalModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     chat_format: ChatFormatOpt = None,
+    refusal_judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask this endpoint (a name or a base URL) about replies the refusal "
+            "classifier is unsure of (off by default; see docs/loop-detection.md)."
+        ),
+    ] = None,
     archive: ArchiveOpt = None,
     personas_dir: PersonasDir = None,
     scenarios_dir: ScenariosDir = None,
@@ -167,6 +174,7 @@ def run(
         prompt_layout=prompt_layout.value if prompt_layout else None,
         loops=loops,
         loop_options=parse_pairs(loop_option or [], "--loop-option"),
+        refusal_judge=refusal_judge,
     )
     _execute(Run(request), as_json)
 

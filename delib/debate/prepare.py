@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from delib.debate.judge import Judge
 from delib.debate.state import DEFAULT_TOKEN_BUDGET, DebateContext
 from delib.detect.loops import LoopConfig, LoopMode
 from delib.errors import SettingError
@@ -65,6 +66,7 @@ class RunRequest:
     personas: list[Persona] = field(default_factory=list)
     participant_order: list[str] | None = None  # the scenario's participants, reordered
     sweep: dict[str, Any] | None = None  # the sweep and cell this run belongs to
+    refusal_judge: str | None = None  # an endpoint or base URL asked about uncertain refusals
 
     @property
     def scenario_id(self) -> str:
@@ -102,6 +104,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
         "prompt_layout": req.prompt_layout,
         "participant_order": req.participant_order,
         "sweep": req.sweep,
+        "refusal_judge": redact_url(req.refusal_judge) if req.refusal_judge else None,
     }
     if isinstance(req.scenario, Scenario):
         data["scenario_inline"] = req.scenario.model_dump(mode="json")
@@ -134,6 +137,7 @@ def request_from_dict(data: dict[str, Any], archive: Any) -> RunRequest:
         personas=[Persona.model_validate(p) for p in data.get("personas_inline") or []],
         participant_order=data.get("participant_order"),
         sweep=data.get("sweep"),
+        refusal_judge=data.get("refusal_judge"),
     )
 
 
@@ -199,6 +203,23 @@ def _local_description(local: LocalServer | None) -> dict | None:
         "context_tokens": local.ctx,
         "threads": local.threads,
     }
+
+
+async def _judge(name: str | None, resolver: Resolver, clients: Clients) -> Judge | None:
+    """The refusal judge a run asked for (``--refusal-judge``), its model checked."""
+    if not name:
+        return None
+    if "://" in name:
+        endpoint = resolver.ad_hoc("refusal-judge", name)
+    else:
+        endpoint = resolver.named(name, "--refusal-judge")
+        if endpoint is None:
+            raise SettingError(
+                "refusal_judge", name, "no such endpoint: name one of delib.toml or a preset, "
+                "or give a base URL"
+            )  # fmt: skip
+    client = clients.get(endpoint)
+    return Judge(client, await client.check_model(endpoint.config.model))
 
 
 async def prepare(
@@ -275,6 +296,7 @@ async def prepare(
         stream=req.stream,
         loops=loop_config(scenario.loops, req.loops, req.loop_options),
         prompt_layout=req.prompt_layout,
+        judge=await _judge(req.refusal_judge or config.refusal_judge, resolver, clients),
     )
     entries = [
         {
@@ -314,6 +336,7 @@ async def prepare(
         "local_model": _local_description(local),
         "versions": _versions(),
         "sweep": req.sweep,
+        "refusal_judge": context.judge.stats() if context.judge else None,
         "started_at": None,
         "ended_at": None,
         "stop_reason": None,

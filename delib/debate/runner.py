@@ -65,6 +65,7 @@ class Run:
         self._notices: list[str] = []
         self._store: Any = None
         self._own_store = False
+        self.judge: Any = None  # the run's refusal judge, whose costs the manifest reports
 
     async def _start_local(self, model: Any, ctx: int) -> LocalServer:
         self.local = LocalServer(model, ctx=ctx)
@@ -84,6 +85,7 @@ class Run:
         for notice in self._drain():
             yield notice
         ctx = prepared.context
+        self.judge = ctx.judge
         manifest = prepared.manifest
         yield {"kind": "ready", "context": ctx, "local": self.local, "resume": self.resume_folder}
         store = self._open_store()
@@ -206,6 +208,8 @@ class Run:
             records: list = []
         else:
             adaptations = [dataclasses.asdict(a) for a in self.clients.adaptations()]
+            if self.judge is not None:
+                recorder.manifest["refusal_judge"] = self.judge.stats()
             try:
                 manifest = recorder.finish(stop.value, message, final.get("verdict"), adaptations)
             except (StoreError, OSError) as exc:  # the database went away, or the disk is full

@@ -22,7 +22,7 @@ from typing import Any
 from delib.debate.calls import Writer, build_prompt, call, emit, token_counts
 from delib.debate.state import DebateContext
 from delib.detect import stance as stances
-from delib.detect.refusal import classify
+from delib.detect.refusal import Classification, classify
 from delib.library.personas import Persona
 from delib.models.endpoints import SENT, Prompt, Reply
 from delib.records import Tokens, Turn, estimate_tokens, now
@@ -243,6 +243,22 @@ async def _answer_again(
     return again, token_counts(reply, prompt)
 
 
+async def _judged(
+    ctx: DebateContext, writer: Writer, index: int, text: str, local: Classification
+) -> dict:
+    """The turn's refusal label: the local classifier's, or the judge's where the run has one
+    and the local score is uncertain (``judge``)."""
+    found: dict = dataclasses.asdict(local)
+    judge = ctx.judge
+    if judge is None or not text.strip() or not judge.uncertain(local.score):
+        return found
+    label, source = await judge.label(text, answered(ctx))
+    if label is None:
+        emit(ctx, writer, "judge_failed", turn=index, reason=source, kept=local.label)
+        return found
+    return {**found, "label": label, "local": local.label, "judge": source}
+
+
 def answered(ctx: DebateContext) -> str:
     """What a new turn answers, for the refusal classifier: the question, and the turn before."""
     turns = ctx.log.turns
@@ -277,6 +293,7 @@ async def speak_turn(
         reply, first_cost = await _answer_again(ctx, writer, spec, prompt, reply)
     settings = ctx.speakers[speaker.id]
     text, position = stances.split(reply.text) if stance else (reply.text, None)
+    verdict = await _judged(ctx, writer, index, text, classify(text, answered(ctx)))
     turn: Turn = {
         "type": "turn",
         "index": index,
@@ -286,7 +303,7 @@ async def speak_turn(
         "role": ctx.role(speaker.id),  # type: ignore[typeddict-item]
         "kind": kind,  # type: ignore[typeddict-item]
         "text": text,
-        "refusal": dataclasses.asdict(classify(text, answered(ctx))),  # type: ignore[typeddict-item]
+        "refusal": verdict,  # type: ignore[typeddict-item]
         "model": reply.model,
         "endpoint": settings.endpoint.name,
         "tokens": token_counts(reply, prompt),

@@ -144,6 +144,7 @@ class DebateContext:
     stream: bool = True
     loops: LoopConfig = LoopConfig()
     prompt_layout: str | None = None  # None: each endpoint's own (Endpoint.layout)
+    judge: Any = None  # a judge.Judge for the refusal classifier's uncertain cases, if asked
     log: RunLog = field(default_factory=MemoryLog)
     # Turns a killed run finished after its last checkpoint: when the resumed graph comes to
     # speak one of them again, the finished turn is used as it is (no second model call).

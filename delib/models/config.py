@@ -145,6 +145,7 @@ class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_endpoint: str | None = None
+    refusal_judge: str | None = None  # an endpoint name or base URL (--refusal-judge)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
 
 
@@ -175,6 +176,7 @@ class Config:
 
     endpoints: dict[str, EndpointConfig] = field(default_factory=lambda: dict(PRESETS))
     default_endpoint: str | None = None
+    refusal_judge: str | None = None
     sources: list[Path] = field(default_factory=list)
 
     @classmethod
@@ -185,6 +187,7 @@ class Config:
                 parsed = read_config_file(path)
                 config.endpoints.update(parsed.endpoints)
                 config.default_endpoint = parsed.default_endpoint or config.default_endpoint
+                config.refusal_judge = parsed.refusal_judge or config.refusal_judge
                 config.sources.append(path)
         if config.default_endpoint and config.default_endpoint not in config.names():
             raise FileFormatError(
