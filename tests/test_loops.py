@@ -613,3 +613,32 @@ def test_a_panel_that_only_thanks_closes_with_its_own_stop_reason(tmp_path, prot
     assert result.turns[-1]["kind"] == "verdict" and result.verdict
     statements = [t for t in result.turns if t["kind"] == "statement"]
     assert len(statements) <= 3 + 3  # ended within the run of thanks, not at max rounds
+
+
+def test_the_sketch_index_finds_what_going_through_every_turn_finds():
+    """Long-range repeats through the index equal those of a scan over every earlier turn, on
+    varied transcripts with repeats at every distance (and after a transcript changes)."""
+    import random
+
+    from delib.detect import loops
+
+    rng = random.Random(3)
+    for trial in range(4):
+        pool = [debate_responder({"messages": [{"role": "user", "content": f"{TURN_MARKER}, "
+                f"P{i} {trial}"}]}) * 2 for i in range(40)]  # fmt: skip
+        turns: list[dict] = []
+        for i in range(160):
+            text = rng.choice(pool) if rng.random() < 0.5 else f"{rng.choice(pool)} {i}"
+            turns.append(turn(i, "abc"[i % 3], text))
+            window = LoopConfig().window
+            earlier = turns[:-window]
+            newest = turns[-1]
+            assert loops._long_range_repeat(newest, earlier, 0.6) == (
+                loops.scan_long_range_repeat(newest, earlier, 0.6)
+            )
+        # a transcript that is not the one indexed (a resumed run's fresh records)
+        copies = [dict(t) for t in turns[:-6]]
+        assert (
+            loops._long_range_repeat(turns[-1], copies, 0.6)[0]
+            == (loops.scan_long_range_repeat(turns[-1], copies, 0.6)[0])
+        )

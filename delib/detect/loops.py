@@ -243,9 +243,26 @@ def _long_range_repeat(
     newest: dict, earlier: list[dict], threshold: float
 ) -> tuple[float, dict | None]:
     """The latest turn before the window that the newest turn nearly repeats: a cycle longer
-    than the window is caught on its second pass. An earlier turn costs one intersection of
-    two 16-hash sketches; only those sharing a quarter of their hashes are compared in full
-    (turns as similar as ``repetition`` share about half)."""
+    than the window is caught on its second pass. Candidates are the earlier turns whose
+    16-hash sketches share a quarter of their hashes with the newest turn's (turns as similar
+    as ``repetition`` share about half), found through an index of the sketches' hashes
+    (``SketchIndex``) rather than by going through every earlier turn; only they are compared
+    in full."""
+    if _features(newest["text"])[2] < LONG_RANGE_MIN_WORDS:
+        return 0.0, None
+    index = SketchIndex.over(earlier)
+    for turn in index.candidates(sketch(newest["text"])):
+        score = similarity(newest["text"], turn["text"])
+        if score >= threshold:
+            return score, turn
+    return 0.0, None
+
+
+def scan_long_range_repeat(
+    newest: dict, earlier: list[dict], threshold: float
+) -> tuple[float, dict | None]:
+    """``_long_range_repeat`` by going through every earlier turn (what the index replaces;
+    the tests hold the two equal)."""
     if _features(newest["text"])[2] < LONG_RANGE_MIN_WORDS:
         return 0.0, None
     mine = sketch(newest["text"])
@@ -255,3 +272,46 @@ def _long_range_repeat(
             if score >= threshold:
                 return score, turn
     return 0.0, None
+
+
+class SketchIndex:
+    """Which earlier turns hold each sketch hash, built once per transcript and extended as it
+    grows: the turns before the window grow by one a turn, so each call adds what is new."""
+
+    # A few transcripts at once (a sweep runs several debates in one process).
+    _open: dict[int, SketchIndex] = {}
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self.turns: list[dict] = []
+        self.postings: dict[int, list[int]] = {}
+
+    @classmethod
+    def over(cls, earlier: list[dict]) -> SketchIndex:
+        if not earlier:
+            return cls()
+        key = id(earlier[0])
+        index = cls._open.get(key)
+        n = len(index.turns) if index is not None else 0
+        # The same transcript (the index holds its turns, so their ids are not reused) that
+        # has not shrunk or changed: extend it; else start again.
+        if index is None or n > len(earlier) or (n and index.turns[n - 1] is not earlier[n - 1]):
+            index = cls()
+            if len(cls._open) >= cls.KEPT:
+                cls._open.pop(next(iter(cls._open)))
+            cls._open[key] = index
+        for turn in earlier[len(index.turns) :]:
+            position = len(index.turns)
+            index.turns.append(turn)
+            for value in sketch(turn["text"]):
+                index.postings.setdefault(value, []).append(position)
+        return index
+
+    def candidates(self, mine: frozenset[int]) -> list[dict]:
+        """Turns sharing at least ``SKETCH_SHARED`` hashes with ``mine``, latest first."""
+        shared: dict[int, int] = {}
+        for value in mine:
+            for position in self.postings.get(value, ()):
+                shared[position] = shared.get(position, 0) + 1
+        hits = sorted((p for p, n in shared.items() if n >= SKETCH_SHARED), reverse=True)
+        return [self.turns[p] for p in hits]
