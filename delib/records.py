@@ -90,6 +90,7 @@ class Turn(TypedDict):
     reasoning_tokens: NotRequired[int]  # what it cost (reported, else estimated)
     tool_calls: NotRequired[int]  # tool calls the model made instead of answering
     failed: NotRequired[Literal["empty_reply"]]  # no answer in the reply, even when retried
+    human: NotRequired[bool]  # spoken by a person in a human seat (``--human``), not a model
 
 
 class Event(TypedDict):

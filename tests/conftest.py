@@ -69,11 +69,15 @@ def _interruptible() -> None:  # runs in the child between fork and exec
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def delib_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    """Start delib as a real child process, importing this checkout."""
+def delib_process(
+    *args: str, cwd: Path | None = None, stdin: int | None = None
+) -> subprocess.Popen:
+    """Start delib as a real child process, importing this checkout (``stdin``: for example
+    ``subprocess.PIPE``, to type a human seat's replies)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen(
         [sys.executable, "-m", "delib", *args],
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -114,9 +114,22 @@ def between_turns(archive: Path, server: FakeOpenAIServer) -> bool:
 
 
 def during_verdict(archive: Path, server: FakeOpenAIServer) -> bool:
+    """The verdict has been asked for and its in-flight record is open. (A request sent ahead
+    reaches the server a moment before the record is opened; killed in that moment, there is
+    no half-spoken turn to discard, which is a different case from this one.)"""
+    asked = False
     for request in server.chat_requests():
         messages = request["body"].get("messages", [])
         if messages and VERDICT_MARKER in str(messages[-1].get("content")):
+            asked = True
+    if not asked:
+        return False
+    for path in _inflight(archive):
+        try:
+            header = json.loads(path.read_text().partition("\n")[0])
+        except (OSError, ValueError):
+            continue  # being written
+        if header.get("kind") == "verdict":
             return True
     return False
 

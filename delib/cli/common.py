@@ -76,6 +76,7 @@ SETTING_FLAGS = {
     "persona_models": "--persona-model",
     "rounds": "--rounds",
     "refusal_judge": "--refusal-judge",
+    "human": "--human",
 }
 
 

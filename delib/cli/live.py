@@ -75,6 +75,8 @@ class LiveView:
     def _finish(self, turn: dict) -> None:
         index = turn["index"]
         if index == self.live:
+            if turn.get("human"):  # typed, not streamed: shown whole
+                self.console.print(inert(turn["text"]), markup=False, highlight=False, end="")
             if turn["kind"] == "verdict":
                 self.console.print("[dim](verdict below)[/dim]", end="")
             self.console.print()

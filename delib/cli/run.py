@@ -29,6 +29,7 @@ from delib.cli.common import (
     out,
 )
 from delib.cli.live import LiveView
+from delib.cli.seats import terminal_answerer
 from delib.debate.prepare import RunRequest
 from delib.debate.result import RunResult
 from delib.debate.resume import resume_request
@@ -137,6 +138,14 @@ def run(
             "classifier is unsure of (off by default; see docs/loop-detection.md)."
         ),
     ] = None,
+    human: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--human",
+            help="PERSONA: a person speaks for this participant (repeatable); their turns are "
+            "read from the terminal, or one line of standard input per turn.",
+        ),
+    ] = None,
     archive: ArchiveOpt = None,
     personas_dir: PersonasDir = None,
     scenarios_dir: ScenariosDir = None,
@@ -175,8 +184,15 @@ def run(
         loops=loops,
         loop_options=parse_pairs(loop_option or [], "--loop-option"),
         refusal_judge=refusal_judge,
+        human=tuple(dict.fromkeys(human or ())),
     )
-    _execute(Run(request), as_json)
+    _execute(Run(request, human=_answerers(request, as_json)), as_json)
+
+
+def _answerers(request: RunRequest, as_json: bool) -> dict:
+    """The terminal's answerer for each human seat of the run."""
+    answer = terminal_answerer(err if as_json else out)
+    return dict.fromkeys(request.human, answer)
 
 
 def _execute(debate: Run, as_json: bool) -> None:
@@ -335,7 +351,7 @@ def resume(
         "local_model": local_model,
     }
     request, folder = resume_request(archive, run_id, changes)
-    _execute(Run(request, resume=folder), as_json)
+    _execute(Run(request, resume=folder, human=_answerers(request, as_json)), as_json)
 
 
 def _say_local(console: Console, server: LocalServer) -> None:

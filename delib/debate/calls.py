@@ -103,11 +103,15 @@ async def call(
     cap = reply_cap(
         max_tokens or settings.max_tokens, prompt.chars(), settings.endpoint.config.context_tokens
     )
+    asked_model = model or settings.model
+    heat = settings.temperature if temperature is None else temperature
+    trace = ctx.trace
+    span = trace.call_started(index, settings.endpoint, asked_model, cap, heat) if trace else None
     try:
-        return await client.complete(
+        reply = await client.complete(
             prompt,
-            model=model or settings.model,
-            temperature=settings.temperature if temperature is None else temperature,
+            model=asked_model,
+            temperature=heat,
             max_tokens=cap,
             seed=ctx.seed,
             stream=streaming,
@@ -115,5 +119,12 @@ async def call(
             on_retry=on_retry,
             schema=schema,
         )
+    except BaseException as exc:
+        if span is not None:
+            trace.call_ended(span, error=exc)
+        raise
     finally:
         flush()  # every token message before the turn's own
+    if span is not None:
+        trace.call_ended(span, reply)
+    return reply

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from delib.debate.judge import Judge
+from delib.debate.seats import check_seats
 from delib.debate.state import DEFAULT_TOKEN_BUDGET, DebateContext
 from delib.detect.loops import LoopConfig, LoopMode
 from delib.errors import SettingError
@@ -67,6 +68,7 @@ class RunRequest:
     participant_order: list[str] | None = None  # the scenario's participants, reordered
     sweep: dict[str, Any] | None = None  # the sweep and cell this run belongs to
     refusal_judge: str | None = None  # an endpoint or base URL asked about uncertain refusals
+    human: tuple[str, ...] = ()  # participants seated by a person (debate.seats)
 
     @property
     def scenario_id(self) -> str:
@@ -105,6 +107,7 @@ def request_to_dict(req: RunRequest) -> dict[str, Any]:
         "participant_order": req.participant_order,
         "sweep": req.sweep,
         "refusal_judge": redact_url(req.refusal_judge) if req.refusal_judge else None,
+        "human": list(req.human),
     }
     if isinstance(req.scenario, Scenario):
         data["scenario_inline"] = req.scenario.model_dump(mode="json")
@@ -138,6 +141,7 @@ def request_from_dict(data: dict[str, Any], archive: Any) -> RunRequest:
         participant_order=data.get("participant_order"),
         sweep=data.get("sweep"),
         refusal_judge=data.get("refusal_judge"),
+        human=tuple(data.get("human") or ()),
     )
 
 
@@ -244,6 +248,7 @@ async def prepare(
                 f"must list this scenario's participants: {', '.join(scenario.participants)}",
             )
         scenario = scenario.model_copy(update={"participants": list(req.participant_order)})
+    check_seats(list(req.human), list(scenario.participants), scenario.moderator)
     cast_ids = cast_for(scenario, scenario_source.path, personas, extra=given)
     unknown = [pid for pid in req.overrides.persona_models if pid not in cast_ids]
     if unknown:
@@ -297,6 +302,7 @@ async def prepare(
         loops=loop_config(scenario.loops, req.loops, req.loop_options),
         prompt_layout=req.prompt_layout,
         judge=await _judge(req.refusal_judge or config.refusal_judge, resolver, clients),
+        humans=frozenset(req.human),
     )
     entries = [
         {
@@ -309,6 +315,7 @@ async def prepare(
             "model": settings.model,
             "temperature": settings.temperature,
             "max_tokens": settings.max_tokens,
+            **({"seat": "human"} if pid in context.humans else {}),
         }
         for pid, settings in speakers.items()
     ]

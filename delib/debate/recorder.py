@@ -36,10 +36,14 @@ from delib.archive.index import Index
 from delib.archive.markdown import markdown
 from delib.archive.run_folder import FINISHED, RunFolder
 from delib.debate.state import MemoryLog
-from delib.errors import DelibError
+from delib.errors import DelibError, DiskFull, StoreError, disk_full
 from delib.records import Manifest, Record, loop_summary, now, token_totals, turns_of
 
 Notify = Callable[[str], None]
+
+
+# The channels LangGraph keeps an interrupt and its resume value in (its checkpoint format).
+PAUSE_CHANNELS = frozenset({"__interrupt__", "__resume__"})
 
 
 class RunSaver(SqliteSaver):
@@ -85,7 +89,11 @@ class RunSaver(SqliteSaver):
         """Keeps no pending writes (a row and a commit a step, about 0.2 ms): a step that a
         killed run did not finish is run again from the checkpoint before it, and the turns it
         had finished come back from ``turns.jsonl`` without a model call
-        (``DebateContext.recovered``), so nothing is lost or asked twice."""
+        (``DebateContext.recovered``), so nothing is lost or asked twice. The one exception is
+        a pause at a human seat (``interrupt()``, and the reply it is resumed with): LangGraph
+        finds both among the pending writes, so those are kept."""
+        if any(channel in PAUSE_CHANNELS for channel, _ in writes):
+            self.put_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
@@ -227,3 +235,22 @@ class Recorder(MemoryLog):
         if self.index is not None:
             self.index.close()
             self.index = None
+
+
+def disk_full_error(exc: BaseException, store: Any, run_id: str) -> DiskFull | None:
+    """The archive's disk filled up: one line that names the archive, or None."""
+    if not disk_full(exc):
+        return None
+    return DiskFull(
+        f"the disk holding the archive {store.location} is full; the finished turns are kept "
+        f"there: free some space, then 'delib resume {run_id}' goes on"
+    )
+
+
+def database_lost_error(exc: BaseException, store: Any, run_id: str) -> StoreError | None:
+    """A database archive's error from LangGraph's checkpointer, as one line; else None."""
+    if not type(exc).__module__.startswith("psycopg"):
+        return None
+    from delib.archive.pgrun import lost_error
+
+    return lost_error(store.dsn, run_id, exc)

@@ -7,15 +7,16 @@
 
 ``Run.stream()`` yields every message of a run, in order: ``notice`` (things worth telling the
 user while preparing), ``ready`` (the setup, once prepared), the graph's own messages (see
-``delib.debate.speaking``), and ``result`` last. ``arun``/``run`` and ``aresume``/``resume`` consume
-that stream for you; the CLI prints it.
+``delib.debate.speaking``), ``human_turn`` (a human seat's turn has come: its ``seat``, a
+``seats.Seat``, is being asked), and ``result`` last. ``arun``/``run`` and
+``aresume``/``resume`` consume that stream for you; the CLI prints it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,23 @@ from langgraph.errors import GraphRecursionError
 from delib.archive.folder_store import FolderStore
 from delib.archive.run_folder import FINISHED, RunFolder
 from delib.archive.store import open_store
+from delib.debate import seats, tracing
 from delib.debate.graph import compile_graph
 from delib.debate.nodes import opening_turn
 from delib.debate.prepare import RunRequest, prepare
-from delib.debate.recorder import Recorder, checkpoints, ended_on_its_own
+from delib.debate.recorder import (
+    Recorder,
+    checkpoints,
+    database_lost_error,
+    disk_full_error,
+    ended_on_its_own,
+)
 from delib.debate.result import RunResult
 from delib.debate.resume import apply, history_entry, kept_records, reconcile, resume_request
+from delib.debate.seats import Answerer, answerers_for
 from delib.debate.speaking import ask_ahead, cancel_ahead
 from delib.debate.state import DebateContext, StopReason
-from delib.errors import DelibError, DiskFull, StoreError, disk_full
+from delib.errors import DelibError, StoreError, disk_full
 from delib.library.personas import Persona
 from delib.library.scenarios import Scenario
 from delib.models.config import Overrides
@@ -54,8 +63,12 @@ class Run:
         resume: Path | str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: Limits | None = None,
+        human: Mapping[str, Answerer] | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.request = request
+        self.tracer_provider = tracer_provider
+        self.answerers = answerers_for(tuple(request.human), human)
         self.resume_folder = resume
         self.clients = Clients(transport=transport, limits=limits or Limits())
         self.local: LocalServer | None = None
@@ -66,6 +79,7 @@ class Run:
         self._store: Any = None
         self._own_store = False
         self.judge: Any = None  # the run's refusal judge, whose costs the manifest reports
+        self.tracer: Any = None  # the run's OpenTelemetry spans, when traced (debate.tracing)
 
     async def _start_local(self, model: Any, ctx: int) -> LocalServer:
         self.local = LocalServer(model, ctx=ctx)
@@ -84,7 +98,8 @@ class Run:
         )
         for notice in self._drain():
             yield notice
-        ctx = prepared.context
+        self.tracer = tracing.tracer_for_run(self._notices.append, self.tracer_provider)
+        ctx = dataclasses.replace(prepared.context, trace=self.tracer)
         self.judge = ctx.judge
         manifest = prepared.manifest
         yield {"kind": "ready", "context": ctx, "local": self.local, "resume": self.resume_folder}
@@ -101,6 +116,8 @@ class Run:
             folder.lock()
         self.folder = folder.path
         self.where = str(folder.path) if folder.path else f"run {folder.run_id} in {store.location}"
+        if self.tracer is not None:
+            self.tracer.run_started(ctx.scenario.id, ctx.protocol.value, folder.run_id)
         config = {
             "configurable": {"thread_id": folder.run_id},
             "recursion_limit": ctx.recursion_limit(),
@@ -145,9 +162,7 @@ class Run:
                     recorder.index_start()
                 for notice in self._drain():
                     yield notice
-                async for chunk in graph.astream(
-                    start, config, context=context, stream_mode="custom", durability="async"
-                ):
+                async for chunk in seats.drive(graph, start, config, context, self.answerers):
                     yield chunk
                     for notice in self._drain():
                         yield notice
@@ -166,7 +181,7 @@ class Run:
             self._finish(folder, recorder, manifest, StopReason.interrupted, None, final)
             raise
         except Exception as exc:
-            lost = _databaselost_error(exc, store, folder.run_id) or _disk_full_error(
+            lost = database_lost_error(exc, store, folder.run_id) or disk_full_error(
                 exc, store, folder.run_id
             )
             if lost is None:
@@ -220,7 +235,7 @@ class Run:
                     error = (
                         exc
                         if isinstance(exc, StoreError)
-                        else _disk_full_error(exc, self._store, folder.run_id)
+                        else disk_full_error(exc, self._store, folder.run_id)
                     )
                 manifest = {**manifest, "stop_reason": stop.value, "error": message}
             try:
@@ -254,6 +269,12 @@ class Run:
 
     async def aclose(self) -> None:
         """Close connections and stop the embedded server, if one was started."""
+        if self.tracer is not None:
+            result = self.result
+            stop = result.stop_reason.value if result else StopReason.interrupted.value
+            self.tracer.run_ended(stop, result.error or result.error_message if result else None)
+            self.tracer.close()
+            self.tracer = None
         try:
             await self.clients.close()
         finally:
@@ -262,25 +283,6 @@ class Run:
             if self._store is not None and self._own_store:
                 self._store.close()
             self._store = None
-
-
-def _disk_full_error(exc: BaseException, store: Any, run_id: str) -> DiskFull | None:
-    """The archive's disk filled up: one line that names the archive, or None."""
-    if not disk_full(exc):
-        return None
-    return DiskFull(
-        f"the disk holding the archive {store.location} is full; the finished turns are kept "
-        f"there: free some space, then 'delib resume {run_id}' goes on"
-    )
-
-
-def _databaselost_error(exc: BaseException, store: Any, run_id: str) -> StoreError | None:
-    """A database archive's error from LangGraph's checkpointer, as one line; else None."""
-    if not type(exc).__module__.startswith("psycopg"):
-        return None
-    from delib.archive.pgrun import lost_error
-
-    return lost_error(store.dsn, run_id, exc)
 
 
 async def _consume(run: Run, on_message: Listener | None) -> RunResult:
@@ -318,6 +320,8 @@ async def arun(
     personas: list[Persona] | None = None,
     on_message: Listener | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    human: Mapping[str, Answerer] | None = None,
+    tracer_provider: Any = None,
     **options: Any,
 ) -> RunResult:
     """Run one debate and archive it; ``await delib.arun("alignment-difficulty", base_url=...)``.
@@ -326,9 +330,14 @@ async def arun(
     ``on_message`` sees every message as it happens (turns, tokens, events). Errors before the
     run starts (bad input, unreachable endpoint) raise; an error during the run ends it with
     ``stop_reason`` error and the exception in ``result.error`` (``raise_for_error()``).
+    ``human`` seats people instead of models: participant id to a callable that takes a
+    ``delib.debate.seats.Seat`` and returns the reply (see ``delib.debate.seats``).
+    ``tracer_provider`` takes the run's OpenTelemetry spans (see ``delib.debate.tracing``).
     """
-    request = make_request(scenario, personas=list(personas or []), **options)
-    return await _consume(Run(request, transport=transport), on_message)
+    seated = tuple(human or ())
+    request = make_request(scenario, personas=list(personas or []), human=seated, **options)
+    debate = Run(request, transport=transport, human=human, tracer_provider=tracer_provider)
+    return await _consume(debate, on_message)
 
 
 def _sync(coroutine: Any) -> Any:
@@ -354,12 +363,15 @@ async def aresume(
     archive: str | Path | None = None,
     on_message: Listener | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    human: Mapping[str, Answerer] | None = None,
     **changes: Any,
 ) -> RunResult:
     """Go on with a run that died, from its last finished turn. ``changes`` may name another
-    endpoint (``base_url``, ``endpoint``, ``gguf``, ``model``, …)."""
+    endpoint (``base_url``, ``endpoint``, ``gguf``, ``model``, …); a run with human seats needs
+    their answerers again (``human``)."""
     request, folder = resume_request(archive, run_id, changes)
-    return await _consume(Run(request, resume=folder, transport=transport), on_message)
+    debate = Run(request, resume=folder, transport=transport, human=human)
+    return await _consume(debate, on_message)
 
 
 def resume(run_id: str, **options: Any) -> RunResult:

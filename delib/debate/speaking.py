@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from langgraph.types import interrupt
+
 from delib.debate.calls import Writer, build_prompt, call, emit, token_counts
 from delib.debate.state import DebateContext
 from delib.detect import stance as stances
@@ -26,6 +28,7 @@ from delib.detect.refusal import Classification, classify
 from delib.library.personas import Persona
 from delib.models.endpoints import SENT, Prompt, Reply
 from delib.records import Tokens, Turn, estimate_tokens, now
+from delib.text import clean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,8 @@ def _ask(
     prompt; the model call is returned for the caller to await (or to send ahead)."""
     start = _start(ctx, spec)
     speaker = spec.speaker
+    if ctx.trace is not None:
+        ctx.trace.turn_started(spec.index, speaker, spec.kind, spec.round_no, start["role"])
     if begin:
         ctx.log.begin(spec.index, speaker.id, spec.kind)
     writer(start)
@@ -129,7 +134,7 @@ async def ask_ahead(ctx: DebateContext, writer: Writer | None, spec: TurnSpec) -
     reply up; ``cancel_ahead`` drops one never picked up. The turn's in-flight record is opened
     once the request is out, before any of the reply is read. ``writer`` is None before the
     graph has started: the turn's messages wait for its step."""
-    if spec.index in ctx.recovered or spec.index in ctx.ahead:
+    if spec.index in ctx.recovered or spec.index in ctx.ahead or spec.speaker.id in ctx.humans:
         return
     relay = Relay(writer)
     prompt, started_at, request = _ask(ctx, relay, spec, begin=False)
@@ -279,6 +284,8 @@ async def speak_turn(
         ctx.log.add(done)
         writer({"kind": "turn", "turn": done, "recovered": True})
         return done
+    if speaker.id in ctx.humans:
+        return await _human_turn(ctx, writer, spec, stance)
     asked = ctx.ahead.pop(index, None)
     if asked is not None and (asked.spec.speaker.id, asked.spec.kind) == (speaker.id, kind):
         asked.relay.to(writer)
@@ -335,5 +342,45 @@ async def speak_turn(
         turn["omitted_turns"] = prompt.omitted
         turn["summary_tokens"] = estimate_tokens(prompt.summary_chars)
     ctx.log.add(turn)
+    if ctx.trace is not None:
+        ctx.trace.turn_ended(turn)
+    writer({"kind": "turn", "turn": turn})
+    return turn
+
+
+async def _human_turn(ctx: DebateContext, writer: Writer, spec: TurnSpec, stance: bool) -> Turn:
+    """A turn of a human seat: the graph pauses (``interrupt``; the step runs again from the
+    top once the reply is handed back, so nothing is written before it) and the person's reply
+    is recorded like a model's, watched by the same detectors."""
+    speaker = spec.speaker
+    started_at = now()
+    reply = interrupt({
+        "seat": speaker.id, "name": speaker.name, "index": spec.index, "round": spec.round_no,
+        "instruction": spec.instruction,
+    })  # fmt: skip
+    if not isinstance(reply, dict):  # the runner hands back text and the seconds it took
+        reply = {"text": reply, "latency": 0.0}
+    text = clean(str(reply.get("text") or "")).strip()
+    writer(_start(ctx, spec))
+    if ctx.trace is not None:
+        ctx.trace.turn_started(spec.index, speaker, spec.kind, spec.round_no, "participant")
+    body, position = stances.split(text) if stance else (text, None)
+    verdict = await _judged(ctx, writer, spec.index, body, classify(body, answered(ctx)))
+    turn: Turn = {
+        "type": "turn", "index": spec.index, "round": spec.round_no, "speaker": speaker.id,
+        "name": speaker.name, "role": ctx.role(speaker.id), "kind": spec.kind,  # type: ignore
+        "text": body, "refusal": verdict,  # type: ignore[typeddict-item]
+        "model": "human", "endpoint": "human",
+        "tokens": {"prompt": 0, "completion": 0, "estimated": False},
+        "latency": round(float(reply.get("latency") or 0.0), 3), "finish_reason": "stop",
+        "started_at": started_at, "human": True,
+    }  # fmt: skip
+    if not body:
+        turn["failed"] = "empty_reply"
+    if position is not None:
+        turn["stance"] = position
+    ctx.log.add(turn)
+    if ctx.trace is not None:
+        ctx.trace.turn_ended(turn)
     writer({"kind": "turn", "turn": turn})
     return turn

@@ -145,6 +145,10 @@ class DebateContext:
     loops: LoopConfig = LoopConfig()
     prompt_layout: str | None = None  # None: each endpoint's own (Endpoint.layout)
     judge: Any = None  # a judge.Judge for the refusal classifier's uncertain cases, if asked
+    # Participants seated by a person (``--human``): their turns pause the graph with
+    # LangGraph's ``interrupt()`` until the runner hands the person's reply back.
+    humans: frozenset[str] = frozenset()
+    trace: Any = None  # the run's OpenTelemetry spans (debate.otel.RunTracer), when traced
     log: RunLog = field(default_factory=MemoryLog)
     # Turns a killed run finished after its last checkpoint: when the resumed graph comes to
     # speak one of them again, the finished turn is used as it is (no second model call).
