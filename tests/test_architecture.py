@@ -57,6 +57,7 @@ def test_at_most_six_modules_directly_under_the_package():
         "library",
         "models",
         "testing",
+        "web",
     ]
 
 

@@ -83,8 +83,10 @@ def _settings_rows(manifest: dict) -> list[tuple[str, str]]:
     return [(k, "" if v is None else str(v)) for k, v in rows]
 
 
-def to_html(manifest: dict, records: list[dict]) -> str:
-    """One self-contained page: no scripts, no fonts, no images, nothing fetched."""
+def to_html(manifest: dict, records: list[dict], top: str = "", bottom: str = "") -> str:
+    """One self-contained page: no scripts, no fonts, no images, nothing fetched. ``top`` and
+    ``bottom`` are HTML put at the start and the end of the body (``delib view`` adds its
+    navigation and live updates there)."""
     scenario = manifest["scenario"]
     colours = _colours(manifest)
     out = [
@@ -93,6 +95,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(scenario['title'])} · {_e(manifest.get('run_id'))}</title>",
         f"<style>{CSS}</style></head><body>",
+        top,
         f"<h1>{_e(scenario['title'])}</h1>",
         f'<p class="question">{_e(scenario["question"].strip())}</p>',
         "<h2>Settings</h2><table>",
@@ -130,6 +133,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
         spent = tokens.get("prompt", 0) + tokens.get("completion", 0)
         out.append(
             f'<div class="turn {_e(record["role"])} kind-{_e(record["kind"])}" '
+            f'id="turn-{_e(record["index"])}" '
             f'data-index="{_e(record["index"])}" data-speaker="{_e(record["speaker"])}" '
             f'style="--c:{colours.get(record["speaker"], "#57606a")}">'
             f'<span class="who">{_e(record["name"])}</span> '
@@ -182,6 +186,7 @@ def to_html(manifest: dict, records: list[dict]) -> str:
             f'<p class="meta">Tokens: {tokens["prompt"]} prompt + {tokens["completion"]} '
             f"completion{mark}.</p>"
         )
+    out.append(bottom)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -23,6 +23,7 @@ from delib.cli.evals import eval_app
 from delib.cli.library import personas_app, scenarios_app
 from delib.cli.sweep import sweep_app
 from delib.cli.transcripts import transcripts_app
+from delib.cli.view import view
 from delib.errors import DelibError
 from delib.text import safe
 
@@ -45,6 +46,7 @@ app.add_typer(archive_app, name="archive")
 app.command("compare")(compare_cmd)
 app.command()(run_commands.run)
 app.command()(run_commands.resume)
+app.command()(view)
 
 
 def _version(value: bool) -> None:

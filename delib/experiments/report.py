@@ -323,6 +323,12 @@ def write_html(archive: Any, sweep: Sweep, table: list[dict], target: Path) -> i
         (runs_dir / name).write_text(export(manifest, records, "html"), encoding="utf-8")
         links[row["cell"]] = f"{runs_dir.name}/{name}"
         written += 1
+    target.write_text(report_page(sweep, table, links), encoding="utf-8")
+    return written
+
+
+def report_page(sweep: Sweep, table: list[dict], links: dict[str, str]) -> str:
+    """The report as one offline page; ``links``: each cell's transcript, a relative URL."""
     figures = []
     for title, svg, points in charts(table):
         body = svg if points else f'<p class="nodata">no data: {html.escape(svg)}</p>'
@@ -356,5 +362,4 @@ to the transcript</p>
 <script>{SCRIPT}</script>
 </body></html>
 """
-    target.write_text(page, encoding="utf-8")
-    return written
+    return page
