@@ -7,12 +7,14 @@ install:
 
 # Installs the test dependencies and the embedded model, then runs the whole suite (what CI
 # runs). The first install compiles llama-cpp-python: about 8 minutes on two cores.
-# DELIB_REQUIRE_EMBEDDED=1, DELIB_REQUIRE_BROWSER=1 and DELIB_REQUIRE_POSTGRES=1 make the tests
-# on the real local model, in headless Chromium and against a real PostgreSQL server fail
+# DELIB_REQUIRE_EMBEDDED=1, DELIB_REQUIRE_BROWSER=1, DELIB_REQUIRE_POSTGRES=1 and
+# DELIB_REQUIRE_STUDIO=1 make the tests on the real local model, in headless Chromium, against a
+# real PostgreSQL server and under 'langgraph dev' fail
 # rather than skip (the tests start their own server in a temporary folder on loopback).
 test: browser postgres
 	$(PYTHON) -m pip install -e ".[test,local]"
-	DELIB_REQUIRE_EMBEDDED=1 DELIB_REQUIRE_BROWSER=1 DELIB_REQUIRE_POSTGRES=1 $(PYTHON) -m pytest
+	DELIB_REQUIRE_EMBEDDED=1 DELIB_REQUIRE_BROWSER=1 DELIB_REQUIRE_POSTGRES=1 DELIB_REQUIRE_STUDIO=1 \
+		$(PYTHON) -m pytest
 
 # Debian's Chromium and ChromeDriver, for the HTML export test (as root, or through sudo).
 browser:

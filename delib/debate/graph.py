@@ -61,15 +61,21 @@ def planning(node):
     return step
 
 
-def build_graph() -> StateGraph:
-    graph = StateGraph(DebateState, context_schema=nodes.DebateContext)
+def build_graph(
+    state: type = DebateState, context: type = nodes.DebateContext, wrap: Any = None
+) -> StateGraph:
+    """The debate graph; ``wrap(name, node, plans)`` makes each node's step (by default
+    ``planning(node)`` for the nodes that plan, the node itself for the others). LangGraph
+    Studio's graph (``debate.studio``) wraps them to build the run's context itself."""
+    wrap = wrap or (lambda name, node, plans: planning(node) if plans else node)
+    graph = StateGraph(state, context_schema=context)
     plans = {"open": nodes.open_debate, "interject": nodes.interject, "turn": nodes.turn,
              "watch": nodes.watch}  # fmt: skip
     for name, node in plans.items():
-        graph.add_node(name, planning(node), destinations=DESTINATIONS[name])
-    graph.add_node("speak", nodes.speak)
-    graph.add_node("select", nodes.select)
-    graph.add_node("close", nodes.close)
+        graph.add_node(name, wrap(name, node, True), destinations=DESTINATIONS[name])
+    graph.add_node("speak", wrap("speak", nodes.speak, False))
+    graph.add_node("select", wrap("select", nodes.select, False))
+    graph.add_node("close", wrap("close", nodes.close, False))
     graph.add_edge(START, "open")
     graph.add_edge("select", "turn")
     graph.add_edge("speak", "watch")

@@ -226,11 +226,21 @@ async def _judge(name: str | None, resolver: Resolver, clients: Clients) -> Judg
     return Judge(client, await client.check_model(endpoint.config.model))
 
 
-async def prepare(
-    req: RunRequest, clients: Clients, start_local: Callable[..., Any], notify: Notify
-) -> Prepared:
-    """Load and check everything, starting the embedded model (through ``start_local``) if
-    no endpoint is set."""
+@dataclass
+class Loaded:
+    """What a request reads from files (``load``): no network, no event loop needed."""
+
+    scenario: Scenario
+    scenario_source: Source
+    cast: dict[str, Persona]
+    sources: dict[str, Source]
+    config: Config
+    versions: dict[str, str]
+
+
+def load(req: RunRequest) -> Loaded:
+    """The scenario, its cast and the configuration, read and checked (blocking file reads:
+    ``prepare`` does this first unless given it)."""
     personas = persona_library(req.personas_dir)
     given = {p.id: p for p in req.personas}
     if isinstance(req.scenario, Scenario):
@@ -269,6 +279,22 @@ async def prepare(
             cast[pid] = loaded_persona.item
             sources[pid] = Source(str(loaded_persona.path), loaded_persona.sha256)
     config = Config.load()
+    return Loaded(scenario, scenario_source, cast, sources, config, _versions())
+
+
+async def prepare(
+    req: RunRequest,
+    clients: Clients,
+    start_local: Callable[..., Any],
+    notify: Notify,
+    loaded: Loaded | None = None,
+) -> Prepared:
+    """Load and check everything, starting the embedded model (through ``start_local``) if
+    no endpoint is set; ``loaded``: what ``load(req)`` read, if that was done already."""
+    loaded = loaded or load(req)
+    scenario, scenario_source, cast, sources, config = (
+        loaded.scenario, loaded.scenario_source, loaded.cast, loaded.sources, loaded.config
+    )  # fmt: skip
     resolver = Resolver(config, req.overrides)
     local: LocalServer | None = None
     if resolver.needs_embedded(list(cast.values()), scenario):
@@ -341,7 +367,7 @@ async def prepare(
         "personas": entries,
         "endpoints": list(endpoints.values()),
         "local_model": _local_description(local),
-        "versions": _versions(),
+        "versions": loaded.versions,
         "sweep": req.sweep,
         "refusal_judge": context.judge.stats() if context.judge else None,
         "started_at": None,
