@@ -445,7 +445,8 @@ def test_a_long_debate_in_a_small_context_folds_into_a_rolling_summary(
     """61 turns against a 2048-token endpoint: every prompt fits beside its reply, the oldest
     turns are folded into a summary that keeps each speaker's latest position, and what the
     summary costs is recorded on the turn."""
-    from delib.debate.prompts import FOLD_STEP, _gist
+    from delib.debate.folding import FOLD_STEP
+    from delib.debate.folding import gist as _gist
 
     (isolated / "delib.toml").write_text(
         f'[endpoints.small]\nbase_url = "{server.base_url}"\ncontext_tokens = 2048\n'

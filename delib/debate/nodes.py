@@ -216,7 +216,10 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
     config = ctx.loops
     count = state.get("count", 0)
     update: dict[str, Any] = {"checked": count}
-    everyone = [t for t in ctx.log.turns if t["role"] == "participant"]
+    log = ctx.log
+    everyone = getattr(log, "participant_turns", None)
+    if everyone is None:
+        everyone = [t for t in log.turns if t["role"] == "participant"]
     empty = everyone[-EMPTY_STREAK:]
     if len(empty) == EMPTY_STREAK and all(t.get("failed") == "empty_reply" for t in empty):
         if empty[-1]["index"] >= state.get("checked", 0):
@@ -224,12 +227,16 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
             return {**update, "events": 1, "stop_reason": StopReason.empty_replies.value}
     if config.mode is LoopMode.off:
         return update
-    said = [t for t in everyone if "failed" not in t]
+    said = getattr(log, "said", None)
+    if said is None:
+        said = [t for t in everyone if "failed" not in t]
     checked = state.get("checked", 0)
     detections: list[Detection] = []
-    for n, turn in enumerate(said, start=1):
-        if turn["index"] >= checked:
-            detections += detect(said[:n], config)
+    new = 0  # the turns not yet watched, newest last
+    while new < len(said) and said[-1 - new]["index"] >= checked:
+        new += 1
+    for n in range(len(said) - new + 1, len(said) + 1):
+        detections += detect(said if n == len(said) else said[:n], config)
     action = "none" if config.mode is LoopMode.warn else "ladder"
     for d in detections:
         emit(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 
+from delib.debate.folding import TURN_OVERHEAD_CHARS, fold, gist
 from delib.detect import stance
 from delib.library.personas import Persona
 from delib.library.scenarios import Scenario
@@ -37,8 +38,6 @@ VERDICT_MARKER = "Write the closing verdict"
 # Characters per token assumed when fitting a prompt into a context: fewer than the usual four,
 # so that the estimate errs on the short side for tokenizers that split English finely.
 FIT_CHARS_PER_TOKEN = CHARS_PER_TOKEN  # the one estimate (delib.records)
-# Characters a message's label and separators add, per transcript turn.
-TURN_OVERHEAD_CHARS = 40
 
 
 class Instruction(str):
@@ -80,24 +79,6 @@ def _label(turn: dict, cast: dict[str, Persona]) -> str:
     return f"[{name}]"
 
 
-def fit(turns: list[dict], budget_chars: int) -> list[dict]:
-    """The latest turns whose text fits in ``budget_chars``; the newest is kept even if it must
-    be cut (from its start, so that its end, usually the question put to the next speaker,
-    survives)."""
-    kept: list[dict] = []
-    used = 0
-    for turn in reversed(turns):
-        size = len(turn["text"]) + TURN_OVERHEAD_CHARS
-        if used + size > budget_chars:
-            if not kept and budget_chars > TURN_OVERHEAD_CHARS:
-                room = budget_chars - TURN_OVERHEAD_CHARS
-                kept.append({**turn, "text": "…" + turn["text"][-room:]})
-            break
-        kept.append(turn)
-        used += size
-    return kept[::-1]
-
-
 PERSONA_FIRST = "persona_first"
 SHARED_FIRST = "shared_first"
 COMPACT = "compact"
@@ -105,63 +86,6 @@ LAYOUTS = (PERSONA_FIRST, SHARED_FIRST, COMPACT)
 # The compact layout: the latest turns it shows, and the characters of each.
 COMPACT_TURNS = 6
 COMPACT_TURN_CHARS = 600
-# Turns move into the rolling summary this many at a time, so that the start of the prompt
-# stays the same for several turns in a row and a prefix cache keeps working.
-FOLD_STEP = 4
-# Characters of a speaker's latest folded turn kept in the summary (whole sentences).
-GIST_CHARS = 280
-
-
-def _gist(text: str, limit: int = GIST_CHARS) -> str:
-    """The start of a turn, cut at a sentence end within ``limit`` characters."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = max(text.rfind(". ", 0, limit), text.rfind("? ", 0, limit), text.rfind("! ", 0, limit))
-    return text[: cut + 1] if cut > limit // 3 else text[: limit - 1] + "…"
-
-
-def summarise(folded: list[dict], cast: dict[str, Persona], limit: int = GIST_CHARS) -> str:
-    """The rolling summary: how many contributions it stands for, and each speaker's latest
-    position among them, in order of first appearance."""
-    latest: dict[str, dict] = {}
-    for turn in folded:
-        latest[turn["speaker"]] = turn
-    lines = [
-        f"Summary of the first {len(folded)} contribution{'s' if len(folded) > 1 else ''} "
-        "(shortened to fit the model's context), with each speaker's latest position there:"
-    ]
-    for pid, turn in latest.items():
-        persona = cast.get(pid)
-        name = persona.name if persona else pid
-        lines.append(f"- {name}: {_gist(turn['text'], limit)}")
-    return "\n".join(lines)
-
-
-def _size(turns: list[dict]) -> int:
-    return sum(len(t["text"]) + TURN_OVERHEAD_CHARS for t in turns)
-
-
-def fold(
-    turns: list[dict], budget_chars: int, cast: dict[str, Persona]
-) -> tuple[str, list[dict], int]:
-    """Fit ``turns`` into ``budget_chars``: (summary, turns kept verbatim, turns folded).
-
-    The oldest turns are folded into the summary ``FOLD_STEP`` at a time, the fewest that make
-    the rest fit; the newest turn always stays (cut from its start if it alone is too long).
-    """
-    if _size(turns) <= budget_chars:
-        return "", turns, 0
-    last = len(turns) - 1
-    cuts = [*range(FOLD_STEP, last, FOLD_STEP), last]
-    for cut in cuts:
-        summary = summarise(turns[:cut], cast)
-        if len(summary) + _size(turns[cut:]) <= budget_chars:
-            return summary, turns[cut:], cut
-    # Even one turn with the summary is too much: shorten the summary, then cut the turn.
-    summary = summarise(turns[:last], cast, limit=max(60, GIST_CHARS // 4))
-    summary = summary[: max(budget_chars // 2, 0)]
-    return summary, fit(turns[last:], budget_chars - len(summary)), last
 
 
 def build(
@@ -222,7 +146,7 @@ def _build_compact(
     parts = [f"Question: {scenario.question.strip()}"]
     shown = turns[-COMPACT_TURNS:]
     if shown:
-        said = [_gist(" ".join(t["text"].split()), COMPACT_TURN_CHARS) for t in shown]
+        said = [gist(" ".join(t["text"].split()), COMPACT_TURN_CHARS) for t in shown]
         parts.append("So far:\n" + "\n".join(f"- {text}" for text in said))
     parts.append(cue)
     messages = [{"role": "user", "content": "\n\n".join(parts)}]

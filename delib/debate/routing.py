@@ -29,6 +29,15 @@ def transcript_tokens(turns: list[Turn]) -> int:
     return estimate_tokens(sum(len(t["text"]) for t in turns) + PROMPT_FRAME_CHARS)
 
 
+def log_tokens(log: object) -> int:
+    """``transcript_tokens`` of every turn of a run's log, from its running count of
+    characters where it keeps one (``MemoryLog.chars``)."""
+    chars = getattr(log, "chars", None)
+    if chars is None:
+        return transcript_tokens(log.turns)  # type: ignore[attr-defined]
+    return estimate_tokens(chars + PROMPT_FRAME_CHARS)
+
+
 def verdict_tokens(ctx: DebateContext) -> int:
     """The verdict's reply cap: the scenario's, else the moderator's endpoint's, else twice a
     turn (at least 800), within half the moderator's context."""
@@ -87,8 +96,7 @@ def plan(state: DebateState, ctx: DebateContext) -> dict:
         step, calls = "select", 1
     else:
         step, calls = "one", 1
-    turns = ctx.log.turns
-    prompt = transcript_tokens(turns)
+    prompt = log_tokens(ctx.log)
     reply = max(ctx.speakers[p].max_tokens for p in remaining)
     reserve = prompt + verdict_tokens(ctx)
     if not fits_budget(state.get("tokens", 0), prompt, reply, calls, reserve, ctx.token_budget):

@@ -101,12 +101,22 @@ class RunLog(Protocol):
         """Work that can be done while a model answers (the archive's index)."""
 
 
+def _index(turn: Turn) -> int:
+    return turn["index"]
+
+
 class MemoryLog:
     """A ``RunLog`` kept in memory only (unit tests, and the base of the archive's log)."""
 
     def __init__(self, records: list[Record] | None = None) -> None:
         self.records: list[Record] = list(records or [])
         self._turns: list[Turn] = sorted(turns_of(self.records), key=lambda t: t["index"])
+        # Kept as turns are added, so that no step of a long debate goes through them all:
+        # the characters of every turn's text, the participants' turns, and those of them
+        # with an answer in them (what the loop detectors watch), each in index order.
+        self.chars = sum(len(t["text"]) for t in self._turns)
+        self.participant_turns = [t for t in self._turns if t["role"] == "participant"]
+        self.said = [t for t in self.participant_turns if "failed" not in t]
 
     @property
     def turns(self) -> list[Turn]:
@@ -122,7 +132,12 @@ class MemoryLog:
     def add(self, record: Record) -> None:
         self.records.append(record)
         if record["type"] == "turn":
-            bisect.insort(self._turns, record, key=lambda t: t["index"])
+            bisect.insort(self._turns, record, key=_index)
+            self.chars += len(record["text"])
+            if record["role"] == "participant":
+                bisect.insort(self.participant_turns, record, key=_index)
+                if "failed" not in record:
+                    bisect.insort(self.said, record, key=_index)
 
     def catch_up(self) -> None:
         pass
