@@ -85,11 +85,24 @@ class FolderStore:
                 continue
 
     def sweep_manifests(self, name: str, cell: str | None = None) -> Iterator[tuple[str, dict]]:
-        """The manifests of one sweep's runs (or one cell's)."""
-        for run_id, manifest in self.manifests():
+        """The manifests of one sweep's runs (or one cell's), found through the index."""
+        for row in self.sweep_runs(name, cell):
+            try:
+                manifest = self.manifest(row["run_id"])
+            except DelibError:
+                continue
             tag = sweep_tag(manifest)
             if tag and tag.get("name") == name and cell in (None, tag["cell"]):
-                yield run_id, manifest
+                yield row["run_id"], manifest
+
+    def sweep_runs(self, name: str, cell: str | None = None) -> list[dict]:
+        """One sweep's runs (or one cell's) as the index has them, oldest first: run id,
+        cell, started, stop reason, error; no manifest is read but those changed since."""
+        if not self.exists():
+            return []
+        index, _ = self.index()
+        with index:
+            return index.sweep_runs(name, cell)
 
     def create_run(self, scenario_id: str) -> RunFolder:
         return RunFolder.create(self.path, scenario_id)

@@ -16,6 +16,7 @@ once, is harmless.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -24,8 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delib.archive import salvage
-from delib.archive.reading import is_locked, read_manifest, read_records, run_folders
+from delib.archive.indexschema import MIGRATIONS
+from delib.archive.reading import (
+    is_locked,
+    read_manifest,
+    read_records,
+    require_archive,
+    run_folders,
+)
 from delib.archive.run_folder import MANIFEST_FILE, TURNS_FILE
+from delib.archive.store import sweep_tag
 from delib.errors import DelibError, InputError
 
 INDEX_FILE = "index.sqlite"
@@ -34,55 +43,6 @@ BUSY_TIMEOUT_MS = 10_000
 # Markers around a search hit inside a snippet (control characters no turn contains).
 HIT_START, HIT_END = "\x02", "\x03"
 SNIPPET_TOKENS = 16
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: runs and turns, full-text search over turns
-    """
-    CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        scenario TEXT NOT NULL,
-        title TEXT,
-        protocol TEXT,
-        models TEXT NOT NULL DEFAULT '[]',     -- JSON list
-        endpoints TEXT NOT NULL DEFAULT '[]',  -- JSON list
-        started_at TEXT,
-        ended_at TEXT,
-        stop_reason TEXT,
-        error TEXT,
-        tokens INTEGER,
-        turns INTEGER NOT NULL DEFAULT 0,
-        events INTEGER NOT NULL DEFAULT 0,
-        resumed INTEGER NOT NULL DEFAULT 0,
-        stamp TEXT
-    );
-    CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
-    CREATE TABLE IF NOT EXISTS turns (
-        run_id TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        round INTEGER,
-        speaker TEXT,
-        name TEXT,
-        role TEXT,
-        kind TEXT,
-        text TEXT,
-        PRIMARY KEY (run_id, idx)
-    );
-    CREATE VIRTUAL TABLE IF NOT EXISTS turns_fts USING fts5 (
-        text, run_id UNINDEXED, idx UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
-    );
-    """,
-    # 2: a turn's full-text row has the turn's rowid, so a run's rows are found through the
-    # turns table's key; looking them up by the unindexed run_id scanned every row of the
-    # archive, for every turn of every run written (rebuilt from the turns table)
-    """
-    DROP TABLE IF EXISTS turns_fts;
-    CREATE VIRTUAL TABLE turns_fts USING fts5 (
-        text, run_id UNINDEXED, idx UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
-    );
-    INSERT INTO turns_fts (rowid, text, run_id, idx)
-        SELECT rowid, replace(replace(text, char(2), ' '), char(3), ' '), run_id, idx FROM turns;
-    """,
-)
 
 
 @dataclass
@@ -95,16 +55,31 @@ class Hit:
     snippet: str  # with HIT_START/HIT_END around matched words
 
 
-def stamp(folder: Path) -> str:
+def stamp(folder: Path | str) -> str:
     """What changes when a run folder changes: manifest mtime and turns.jsonl size."""
     parts = []
     for name in (MANIFEST_FILE, TURNS_FILE):
         try:
-            st = (folder / name).stat()
+            st = os.stat(f"{folder}/{name}")
             parts.append(f"{st.st_mtime_ns}:{st.st_size}")
         except FileNotFoundError:
             parts.append("-")
     return "|".join(parts)
+
+
+def _stamps(archive: Path) -> dict[str, str]:
+    """Each run folder's name and stamp (``reading.run_folders``' folders: those with a
+    manifest or a turns file), in two ``stat`` calls a folder: a sweep's status syncs the
+    index on every call, over every run in the archive."""
+    found = {}
+    require_archive(archive)
+    with os.scandir(archive) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                mark = stamp(entry.path)
+                if mark != "-|-":
+                    found[entry.name] = mark
+    return found
 
 
 def _run_row(manifest: dict, records: list[dict] | None, folder_stamp: str | None) -> dict:
@@ -138,6 +113,8 @@ def _run_row(manifest: dict, records: list[dict] | None, folder_stamp: str | Non
         "events": events or 0,
         "resumed": len(manifest.get("resumed") or []),
         "stamp": folder_stamp,
+        "sweep": (sweep_tag(manifest) or {}).get("name"),
+        "cell": (sweep_tag(manifest) or {}).get("cell"),
     }
 
 
@@ -279,7 +256,7 @@ class Index:
 
     def sync(self) -> list[str]:
         """Bring the index in line with the folders; returns one warning per unreadable run."""
-        folders = {f.name: f for f in run_folders(self.archive)}
+        folders = _stamps(self.archive)
         known = {
             row["run_id"]: row["stamp"]
             for row in self.conn.execute("SELECT run_id, stamp FROM runs")
@@ -287,11 +264,11 @@ class Index:
         problems = []
         for gone in set(known) - set(folders):
             self.forget(gone)
-        for name, folder in folders.items():
-            if known.get(name) == stamp(folder):
+        for name in sorted(folders):
+            if known.get(name) == folders[name]:
                 continue
             try:
-                self.index_folder(folder)
+                self.index_folder(self.archive / name)
             except DelibError as exc:
                 self.forget(name)
                 problems.append(str(exc))
@@ -352,9 +329,20 @@ class Index:
             item = dict(row)
             item["models"] = json.loads(item["models"])
             item["endpoints"] = json.loads(item["endpoints"])
-            item.pop("stamp", None)
+            for internal in ("stamp", "sweep", "cell"):
+                item.pop(internal, None)
             rows.append(item)
         return rows
+
+    def sweep_runs(self, name: str, cell: str | None = None) -> list[dict]:
+        """The runs of one sweep (or one cell), oldest first: run id, cell, started, stop
+        reason and error, as their manifests say."""
+        rows = self.conn.execute(
+            "SELECT run_id, cell, started_at, stop_reason, error FROM runs WHERE sweep = ? "
+            "AND (? IS NULL OR cell = ?) ORDER BY coalesce(started_at, ''), run_id",
+            (name, cell, cell),
+        )
+        return [dict(row) for row in rows]
 
     def search(self, query: str, limit: int = 50) -> list[Hit]:
         """Turns matching an FTS5 query (plain words work: all must occur), best first."""

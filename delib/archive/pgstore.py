@@ -223,6 +223,19 @@ class PgStore:
             if manifest_problem(row["manifest"]) is None:
                 yield row["run_id"], row["manifest"]
 
+    def sweep_runs(self, name: str, cell: str | None = None) -> list[dict]:
+        """One sweep's runs (or one cell's), oldest first, without their manifests: run id,
+        cell, started, stop reason, error."""
+        rows = self.conn.execute(
+            "SELECT run_id, manifest -> 'sweep' ->> 'cell' AS cell, manifest ->> 'started_at' "
+            "AS started_at, manifest ->> 'stop_reason' AS stop_reason, manifest ->> 'error' AS "
+            "error FROM delib_runs WHERE manifest -> 'sweep' ->> 'name' = %s AND (%s::text IS "
+            "NULL OR manifest -> 'sweep' ->> 'cell' = %s) ORDER BY "
+            "coalesce(manifest ->> 'started_at', ''), run_id",
+            (name, cell, cell),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
     def create_run(self, scenario_id: str) -> PgRun:
         for _ in range(5):
             run_id = new_run_id(scenario_id)

@@ -171,7 +171,7 @@ def sweep_status(
     """Each cell of a sweep: done, running, failed, interrupted or missing."""
     store = open_archive(archive)
     sweep = find(store, sweep_ref)
-    states = status(store, sweep)
+    states = status(store, sweep, full=False)
     if as_json:
         rows = [
             {
@@ -219,7 +219,7 @@ def sweep_list(archive: ArchiveOpt = None) -> None:
     for column in ("sweep", "cells", "done", "failed", "other", "runs"):
         table.add_column(column)
     for name in names:
-        states = status(store, find(store, name))
+        states = status(store, find(store, name), full=False)
         done = sum(s.state == "done" for s in states)
         failed = sum(s.state == "failed" for s in states)
         runs = sum(len(s.runs) for s in states)

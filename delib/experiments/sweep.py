@@ -245,7 +245,7 @@ class CellStatus:
     labels: dict
     state: CellState
     attempts: int = 0
-    runs: list[dict] = field(default_factory=list)  # manifests, oldest first
+    runs: list[dict] = field(default_factory=list)  # manifests (or index rows), oldest first
     error: str | None = None
     run_ids: list[str] = field(default_factory=list)  # the runs' ids, in the same order
 
@@ -309,12 +309,19 @@ def find(archive: Any, wanted: str) -> Sweep:
     return load(Path(wanted)) if names_a_file(wanted) else saved(archive, wanted)
 
 
-def runs_of(archive: Any, name: str, cell: str | None = None) -> dict[str, list[tuple[str, dict]]]:
+def runs_of(
+    archive: Any, name: str, cell: str | None = None, full: bool = True
+) -> dict[str, list[tuple[str, dict]]]:
     """The archive's runs of this sweep (or of one of its cells) by cell key, as (run id,
-    manifest), oldest first."""
+    manifest), oldest first; with ``full`` false, the index's row of each run (run id,
+    started, stop reason, error) stands for its manifest, and no manifest is read."""
     store = open_store(archive)
     found: dict[str, list[tuple[str, dict]]] = {}
     if not store.exists():
+        return found
+    if not full:
+        for row in store.sweep_runs(name, cell):
+            found.setdefault(row["cell"], []).append((row["run_id"], row))
         return found
     for run_id, manifest in store.sweep_manifests(name, cell):
         tag = sweep_tag(manifest)
@@ -325,12 +332,15 @@ def runs_of(archive: Any, name: str, cell: str | None = None) -> dict[str, list[
     return found
 
 
-def status(archive: Any, sweep: Sweep, only: Cell | None = None) -> list[CellStatus]:
+def status(
+    archive: Any, sweep: Sweep, only: Cell | None = None, full: bool = True
+) -> list[CellStatus]:
     """Each cell's state (or ``only`` that cell's, read afresh): done, running, failed,
-    interrupted or missing."""
+    interrupted or missing. ``full`` false: from the index (``runs_of``), each cell's
+    ``runs`` the index's rows, not manifests (what ``sweep status`` and ``sweep list`` need)."""
     store = open_store(archive)
     key = only.key if only else None
-    runs = runs_of(store, sweep.name, key)
+    runs = runs_of(store, sweep.name, key, full)
     starts: dict[str, int] = {}
     last_error: dict[str, str | None] = {}
     for entry in ledger(store, sweep.name, key):
