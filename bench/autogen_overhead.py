@@ -6,7 +6,9 @@
 AutoGen AgentChat's ``RoundRobinGroupChat`` of four ``AssistantAgent``s (one model client, as
 delib shares one endpoint) runs as many model calls as delib's 41-turn debate; each framework
 is then compared with a bare ``AsyncOpenAI`` loop replaying the very request bodies it sent
-(``bench.overhead.bare_once``). Runs go delib, its replay, AutoGen, its replay, in turn, after
+(``bench.overhead.bare_once``); delib twice: from its run being ready to its end, and end to
+end as its manifest has it (``started_at`` to ``ended_at``: archive, checkpoints, graph,
+verdict and final writes in it). Runs go delib, its replay, AutoGen, its replay, in turn, after
 one round not counted; medians of the pairs' differences. AutoGen keeps its conversation in
 memory only: nothing is written to disk, so the comparison is of orchestration with and
 without a durable record.
@@ -18,9 +20,11 @@ import argparse
 import asyncio
 import json
 import time
+from datetime import datetime
 
 from bench.common import Stopwatch, fake_server, median, server_requests, temp_archive
-from bench.overhead import SCENARIO, bare_once, delib_once, middle_half
+from bench.overhead import SCENARIO, bare_once, debate_request, delib_once, middle_half
+from delib.debate.runner import Run
 
 PERSONAS = ("moderator", "philosopher", "oversight", "interpretability")
 
@@ -70,9 +74,29 @@ async def autogen_once(base_url: str, calls: int, stream: bool) -> tuple[Stopwat
     return watch, server_requests(base_url, clear=True)
 
 
+def _seconds(manifest: dict) -> float:
+    """A run's time as its manifest has it: ``started_at`` (its folder made) to ``ended_at``
+    (its last write), so the archive, the checkpoints, the graph, the verdict and the final
+    writes are all in it."""
+    started = datetime.fromisoformat(manifest["started_at"])
+    return (datetime.fromisoformat(manifest["ended_at"]) - started).total_seconds()
+
+
+async def delib_end_to_end(base_url: str, stream: bool, archive) -> tuple[float, list]:
+    run = Run(debate_request(base_url, 10, stream, archive, SCENARIO))
+    try:
+        async for message in run.stream():
+            if message["kind"] == "ready":
+                server_requests(base_url, clear=True)  # only the debate's own requests
+    finally:
+        await run.aclose()
+    assert run.result is not None
+    return _seconds(run.result.manifest), server_requests(base_url, clear=True)
+
+
 async def measure(pairs: int, delay: float, stream: bool) -> dict:
     archive = temp_archive()
-    diffs: dict[str, list[float]] = {"delib": [], "autogen": []}
+    diffs: dict[str, list[float]] = {"delib": [], "delib_end_to_end": [], "autogen": []}
     calls: dict[str, int] = {}
     with fake_server(delay=delay) as base_url:
         for n in range(pairs + 1):
@@ -81,6 +105,11 @@ async def measure(pairs: int, delay: float, stream: bool) -> dict:
             calls["delib"] = len(bodies)
             if n:
                 diffs["delib"].append((watch.wall - bare.wall) / len(bodies) * 1000)
+            seconds, bodies = await delib_end_to_end(base_url, stream, archive)
+            bare = await bare_once(base_url, bodies)
+            calls["delib_end_to_end"] = len(bodies)
+            if n:
+                diffs["delib_end_to_end"].append((seconds - bare.wall) / len(bodies) * 1000)
             ours, bodies = await autogen_once(base_url, calls["delib"], stream)
             bare = await bare_once(base_url, bodies)
             calls["autogen"] = len(bodies)
