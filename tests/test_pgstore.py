@@ -291,3 +291,38 @@ def test_pool_pins_are_counted_across_processes_and_freed_with_the_session(pg, s
 
     asyncio.run(scenario())
     theirs.conn.close()
+
+
+def test_delib_view_serves_a_database_archive(cli, server, pg, tmp_path):
+    """The web view reads a postgresql:// archive as it reads a folder: the runs, a search,
+    a transcript, the sweep's report with its cells linked, and a finished run's events."""
+    import urllib.request
+
+    from delib.web.server import ViewServer
+
+    path = _sweep_file(tmp_path / "s.yaml", server.base_url, seeds=2)
+    assert cli("sweep", "run", str(path), "--archive", pg)[0] == 0
+    store = PgStore.connect(pg)
+    run_ids = store.run_ids()
+    store.close()
+    view = ViewServer(pg).start()
+
+    def page(path: str) -> str:
+        with urllib.request.urlopen(view.url + path, timeout=30) as response:
+            assert response.status == 200
+            return response.read().decode()
+
+    try:
+        front = page("")
+        assert all(f'data-run="{run_id}"' in front for run_id in run_ids)
+        assert 'href="sweeps/shared"' in front
+        assert "turn" in page("?q=alignment")
+        transcript = page(f"runs/{run_ids[0]}")
+        assert 'class="turn' in transcript and "verdict-box" in transcript
+        assert "EventSource" not in transcript  # finished: nothing to follow
+        report = page("sweeps/shared")
+        assert report.count('href="../runs/') == 2
+        events = page(f"runs/{run_ids[0]}/events?after=0")
+        assert events.count("event: record") > 3 and "event: end" in events
+    finally:
+        view.stop()
