@@ -104,3 +104,41 @@ def test_a_failure_in_a_retry_that_cannot_be_mended_stops_there():
         asyncio.run(with_retries(call, attempts=5, base_wait=0))
     assert caught.value.attempts == 2 and len(made) == 2
     assert caught.value.error.status_code == 400
+
+
+# --- a reply that came but cannot be used (the verdict asked again) --------------------------
+def test_until_usable_asks_again_until_an_answer_can_be_used():
+    seen: list[int] = []
+
+    async def attempt(n: int) -> str:
+        seen.append(n)
+        if n < 2:
+            raise retries.Unusable("not JSON")
+        return f"usable at {n}"
+
+    assert asyncio.run(retries.until_usable(attempt, 3)) == "usable at 2"
+    assert seen == [1, 2]
+
+
+def test_until_usable_gives_the_last_complaint_after_its_attempts():
+    seen: list[int] = []
+
+    async def attempt(n: int) -> str:
+        seen.append(n)
+        raise retries.Unusable(f"still not JSON ({n})")
+
+    with pytest.raises(retries.Unusable, match=r"\(2\)"):
+        asyncio.run(retries.until_usable(attempt, 2))
+    assert seen == [1, 2]
+
+
+def test_until_usable_lets_any_other_failure_through_at_once():
+    seen: list[int] = []
+
+    async def attempt(n: int) -> str:
+        seen.append(n)
+        raise GaveUp(status_error(400), 1)
+
+    with pytest.raises(GaveUp):
+        asyncio.run(retries.until_usable(attempt, 5))
+    assert seen == [1]

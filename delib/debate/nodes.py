@@ -27,6 +27,7 @@ from delib.debate.speaking import TurnSpec, ask_ahead, choose_ahead, speak_turn,
 from delib.debate.state import DebateContext, DebateState, SpeakTask, StopReason
 from delib.debate.verdict import parse_verdict
 from delib.detect.loops import Detection, LoopMode, detect
+from delib.models.retries import Unusable, until_usable
 from delib.models.structured import speaker_schema, verdict_schema
 from delib.records import estimate_tokens, spent
 
@@ -37,6 +38,8 @@ EMPTY_HINT = (
     "reasoning model can spend it all thinking), or switch the server's reasoning off "
     "(see docs/endpoints.md, reasoning models)"
 )
+# The verdict's reply, and one more asked for with what was wrong with it.
+VERDICT_ATTEMPTS = 2
 # A speaker choice is one id, or a JSON object holding one.
 SELECT_MAX_TOKENS = 32
 # How much of the moderator's speaker-choice reply an event keeps.
@@ -342,50 +345,49 @@ async def close(state: DebateState, runtime: Ctx) -> dict:
     ctx.log.catch_up()  # while the verdict (asked ahead) is being written
     first = await speak_turn(ctx, writer, spec)
     used = {"count": 1, "tokens": spent(first["tokens"])}
+    last: dict[str, Any] = {}
+
+    async def attempt(n: int) -> dict:
+        """The first reply read, or (once) the verdict asked for again with what was wrong."""
+        if n == 1:
+            try:
+                verdict = parse_verdict(first["text"], participants)
+            except ValueError as exc:
+                last["error"] = str(exc)
+                raise Unusable(str(exc)) from None
+            return {**used, "verdict": {"valid": True, **verdict.model_dump()}}
+        emit(ctx, writer, "verdict_retry", turn=index, reason=last["error"])
+        # Room for the new reply and for what is added after the transcript: the first reply,
+        # shown back, and the request to try again.
+        retry = prompts.verdict_retry_instruction(last["error"], instruction)
+        added = estimate_tokens(len(first["text"]) + len(retry))
+        prompt = build_prompt(ctx, moderator, turns, instruction, cap + added)
+        prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
+        prompt.messages.append({"role": "user", "content": retry})
+        started = time.perf_counter()
+        reply = await call(
+            ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False,
+            schema=schema,
+        )  # fmt: skip
+        tokens = token_counts(reply, prompt)
+        last.update(reply=reply, tokens=tokens)
+        last["charged"] = {"count": 1, "events": 2, "tokens": used["tokens"] + spent(tokens)}
+        try:
+            verdict = parse_verdict(reply.text, participants)
+        except ValueError as exc:
+            last["error"] = str(exc)
+            raise Unusable(str(exc)) from None
+        emit(ctx, writer, "verdict_retry_ok", turn=index, tokens=tokens,
+             latency=round(time.perf_counter() - started, 3), text=reply.text.strip())  # fmt: skip
+        verdict_state = {"valid": True, "retried": True, **verdict.model_dump()}
+        return {**last["charged"], "verdict": verdict_state}
+
     try:
-        verdict = parse_verdict(first["text"], participants)
-        return {**used, "verdict": {"valid": True, **verdict.model_dump()}}
-    except ValueError as exc:
-        first_error = str(exc)
-    emit(ctx, writer, "verdict_retry", turn=index, reason=first_error)
-    # Room for the new reply and for what is added after the transcript: the first reply,
-    # shown back, and the request to try again.
-    retry = prompts.verdict_retry_instruction(first_error, instruction)
-    added = estimate_tokens(len(first["text"]) + len(retry))
-    prompt = build_prompt(ctx, moderator, turns, instruction, cap + added)
-    prompt.messages.append({"role": "assistant", "content": first["text"] or "(empty)"})
-    prompt.messages.append({"role": "user", "content": retry})
-    started = time.perf_counter()
-    reply = await call(
-        ctx, writer, moderator, prompt, index=index, max_tokens=cap, stream=False, schema=schema
-    )
-    tokens = token_counts(reply, prompt)
-    charged = {
-        "count": 1,
-        "events": 2,
-        "tokens": used["tokens"] + spent(tokens),
-    }
-    try:
-        verdict = parse_verdict(reply.text, participants)
-        emit(
-            ctx,
-            writer,
-            "verdict_retry_ok",
-            turn=index,
-            tokens=tokens,
-            latency=round(time.perf_counter() - started, 3),
-            text=reply.text.strip(),
-        )
-        return {**charged, "verdict": {"valid": True, "retried": True, **verdict.model_dump()}}
-    except ValueError as exc:
-        emit(
-            ctx,
-            writer,
-            "verdict_malformed",
-            turn=index,
-            reason=str(exc),
-            tokens=tokens,
-            text=reply.text.strip(),
-        )
+        return await until_usable(attempt, VERDICT_ATTEMPTS)
+    except Unusable:
+        reply = last["reply"]
+        emit(ctx, writer, "verdict_malformed", turn=index, reason=last["error"],
+             tokens=last["tokens"], text=reply.text.strip())  # fmt: skip
         text = reply.text.strip() or first["text"]
-        return {**charged, "verdict": {"valid": False, "error": str(exc), "text": text}}
+        verdict_state = {"valid": False, "error": last["error"], "text": text}
+        return {**last["charged"], "verdict": verdict_state}

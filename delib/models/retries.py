@@ -14,7 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 from tenacity.wait import wait_base
 
 from delib.models.failures import BadReply, Stalled, describe_error, is_retryable, retry_after
@@ -98,3 +104,20 @@ async def with_retries(
         return await policy(attempts, base_wait, on_retry)(attempt)
     except FAILURES as exc:
         raise GaveUp(exc, made[0]) from exc
+
+
+class Unusable(Exception):
+    """A reply that came but cannot be used as it is (a verdict that does not parse): the
+    caller asks again, differently (``until_usable``)."""
+
+
+async def until_usable(attempt: Callable[[int], Awaitable[Any]], attempts: int) -> Any:
+    """``attempt(n)`` for n = 1, 2, … until one returns instead of raising ``Unusable``, at most
+    ``attempts`` times, with no wait (the server answered; the answer was the problem); the
+    last ``Unusable`` if none is usable. The same tenacity loop as the model calls' policy."""
+    async for tried in AsyncRetrying(
+        retry=retry_if_exception_type(Unusable), stop=stop_after_attempt(attempts), reraise=True
+    ):
+        with tried:
+            return await attempt(tried.retry_state.attempt_number)
+    raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
