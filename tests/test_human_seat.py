@@ -174,3 +174,19 @@ def test_a_seat_that_is_not_a_participant_is_one_clear_line(
     assert f"--human {seat}: {says}" in err
     assert not archive.exists() or not list(archive.iterdir())  # no empty run left behind
     assert not server.chat_requests()
+
+
+def test_a_human_seat_in_a_simultaneous_round_is_spoken_once_with_the_others(tmp_path: Path):
+    """The models beside the seat answer while the graph waits for the person; resumed, the
+    step does not ask them again (their writes were kept with the pause)."""
+    with FakeOpenAIServer() as server:
+        seat = {"philosopher": lambda seat: LINES[0]}
+        result = delib.run("hard-world-signs", base_url=server.base_url, rounds=2,
+                           archive=tmp_path, human=seat)  # fmt: skip
+        requests = len(server.chat_requests())
+    assert result.stop_reason.value == "completed"
+    indices = [t["index"] for t in result.turns]
+    assert sorted(indices) == list(range(len(indices)))  # no turn twice
+    people = [t for t in result.turns if t.get("human")]
+    assert len(people) == 2 and {t["round"] for t in people} == {1, 2}
+    assert requests == len(result.turns) - len(people)

@@ -56,6 +56,12 @@ class RunSaver(SqliteSaver):
     microseconds. A killed process loses nothing; the tables are LangGraph's own.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step: str | None = None  # the step whose writes are held (its checkpoint's id)
+        self._held: list[tuple] = []
+        self._paused = False  # that step paused at a human seat: its writes are kept
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self.get_tuple(config)
 
@@ -91,9 +97,21 @@ class RunSaver(SqliteSaver):
         had finished come back from ``turns.jsonl`` without a model call
         (``DebateContext.recovered``), so nothing is lost or asked twice. The one exception is
         a pause at a human seat (``interrupt()``, and the reply it is resumed with): LangGraph
-        finds both among the pending writes, so those are kept."""
-        if any(channel in PAUSE_CHANNELS for channel, _ in writes):
-            self.put_writes(config, writes, task_id, task_path)
+        finds both among the pending writes, so a step that pauses keeps all of its writes,
+        those of the speakers that finished beside the seat too (a simultaneous round), which
+        the resumed step would otherwise speak again. Until a step pauses, its writes are
+        held in memory (the latest step's only)."""
+        step = config.get("configurable", {}).get("checkpoint_id")
+        if step != self._step:
+            self._step, self._held, self._paused = step, [], False
+        if not self._paused and not any(channel in PAUSE_CHANNELS for channel, _ in writes):
+            self._held.append((config, writes, task_id, task_path))
+            return
+        self._paused = True
+        for held in self._held:
+            self.put_writes(*held)
+        self._held.clear()
+        self.put_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
