@@ -7,8 +7,7 @@ import random
 
 import pytest
 
-from delib.debate import folding as prompts
-from delib.debate.folding import FOLD_STEP, GIST_CHARS, fit, fold, summarise
+from delib.debate.folding import FOLD_STEP, GIST_CHARS, TURN_OVERHEAD_CHARS, fit, fold, summarise
 from delib.library.personas import Persona
 
 CAST = {
@@ -17,14 +16,18 @@ CAST = {
 }
 
 
+def _size(turns: list[dict]) -> int:
+    return sum(len(t["text"]) + TURN_OVERHEAD_CHARS for t in turns)
+
+
 def fold_by_trying_every_cut(turns, budget_chars, cast):
     """What ``fold`` did before: every cut's summary built and measured."""
-    if prompts._size(turns) <= budget_chars:
+    if _size(turns) <= budget_chars:
         return "", turns, 0
     last = len(turns) - 1
     for cut in [*range(FOLD_STEP, last, FOLD_STEP), last]:
         summary = summarise(turns[:cut], cast)
-        if len(summary) + prompts._size(turns[cut:]) <= budget_chars:
+        if len(summary) + _size(turns[cut:]) <= budget_chars:
             return summary, turns[cut:], cut
     summary = summarise(turns[:last], cast, limit=max(60, GIST_CHARS // 4))
     summary = summary[: max(budget_chars // 2, 0)]
@@ -44,6 +47,6 @@ def transcript(rng: random.Random, n: int) -> list[dict]:
 def test_fold_gives_what_trying_every_cut_gives(seed: int):
     rng = random.Random(seed)
     turns = transcript(rng, rng.randint(1, 300))
-    total = prompts._size(turns)
+    total = _size(turns)
     for budget in {50, 400, total // 3, total // 2, total - 1, total, rng.randint(0, total)}:
         assert fold(turns, budget, CAST) == fold_by_trying_every_cut(turns, budget, CAST)

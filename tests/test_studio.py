@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from delib.models.local import free_port
 from delib.testing import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(base: str, method: str, path: str, body: dict | None = None, timeout: float = 120):
@@ -49,7 +43,7 @@ def studio(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     work = tmp_path_factory.mktemp("studio")  # langgraph dev keeps its state in the cwd
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
            "LANGCHAIN_TRACING_V2": "false", "DELIB_CONFIG_DIR": str(work / "config"),
            "PYTHONPATH": str(ROOT)}  # fmt: skip

@@ -51,7 +51,8 @@ td, th { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left;
 """
 
 
-def _colours(manifest: dict) -> dict[str, str]:
+def speaker_colours(manifest: dict) -> dict[str, str]:
+    """Each persona's colour: grey for the moderator, the palette in order for the rest."""
     colours = {}
     for persona in manifest.get("personas", []):
         if persona.get("part") == "moderator":
@@ -88,7 +89,7 @@ def to_html(manifest: dict, records: list[dict], top: str = "", bottom: str = ""
     ``bottom`` are HTML put at the start and the end of the body (``delib view`` adds its
     navigation and live updates there)."""
     scenario = manifest["scenario"]
-    colours = _colours(manifest)
+    colours = speaker_colours(manifest)
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

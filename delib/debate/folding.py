@@ -73,10 +73,6 @@ def _summary_line(pid: str, turn: dict, cast: dict[str, Persona], limit: int) ->
     return f"- {persona.name if persona else pid}: {gist(turn['text'], limit)}"
 
 
-def _size(turns: list[dict]) -> int:
-    return sum(len(t["text"]) + TURN_OVERHEAD_CHARS for t in turns)
-
-
 def fold(
     turns: list[dict], budget_chars: int, cast: dict[str, Persona]
 ) -> tuple[str, list[dict], int]:

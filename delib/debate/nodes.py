@@ -219,20 +219,14 @@ async def _watch(state: DebateState, runtime: Ctx) -> dict:
     config = ctx.loops
     count = state.get("count", 0)
     update: dict[str, Any] = {"checked": count}
-    log = ctx.log
-    everyone = getattr(log, "participant_turns", None)
-    if everyone is None:
-        everyone = [t for t in log.turns if t["role"] == "participant"]
-    empty = everyone[-EMPTY_STREAK:]
+    empty = ctx.log.participant_turns[-EMPTY_STREAK:]
     if len(empty) == EMPTY_STREAK and all(t.get("failed") == "empty_reply" for t in empty):
         if empty[-1]["index"] >= state.get("checked", 0):
             emit(ctx, writer, "empty_replies", turns=[t["index"] for t in empty], hint=EMPTY_HINT)
             return {**update, "events": 1, "stop_reason": StopReason.empty_replies.value}
     if config.mode is LoopMode.off:
         return update
-    said = getattr(log, "said", None)
-    if said is None:
-        said = [t for t in everyone if "failed" not in t]
+    said = ctx.log.said
     checked = state.get("checked", 0)
     detections: list[Detection] = []
     new = 0  # the turns not yet watched, newest last

@@ -37,12 +37,12 @@ class RunTracer:
         self.turns: dict[int, Any] = {}
 
     @classmethod
-    def create(cls) -> RunTracer | None:
+    def create(cls, exporter_set: bool) -> RunTracer | None:
+        """``exporter_set``: an ``OTEL_EXPORTER_OTLP_*`` endpoint is set (``tracing``)."""
         provider = trace.get_tracer_provider()
         if _configured(provider):
             return cls(provider, own=False)
-        if not any(os.environ.get(n) for n in ("OTEL_EXPORTER_OTLP_ENDPOINT",
-                                                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):  # fmt: skip
+        if not exporter_set:
             return None
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from langgraph.types import Send
 
-from delib.debate.state import REDUCERS, DebateContext, DebateState, SpeakTask, StopReason
+from delib.debate.state import (
+    REDUCERS,
+    DebateContext,
+    DebateState,
+    RunLog,
+    SpeakTask,
+    StopReason,
+)
 from delib.library.scenarios import Protocol
 from delib.records import Turn, estimate_tokens
 
@@ -29,13 +36,9 @@ def transcript_tokens(turns: list[Turn]) -> int:
     return estimate_tokens(sum(len(t["text"]) for t in turns) + PROMPT_FRAME_CHARS)
 
 
-def log_tokens(log: object) -> int:
-    """``transcript_tokens`` of every turn of a run's log, from its running count of
-    characters where it keeps one (``MemoryLog.chars``)."""
-    chars = getattr(log, "chars", None)
-    if chars is None:
-        return transcript_tokens(log.turns)  # type: ignore[attr-defined]
-    return estimate_tokens(chars + PROMPT_FRAME_CHARS)
+def log_tokens(log: RunLog) -> int:
+    """``transcript_tokens`` of every turn of a run's log, from its running count."""
+    return estimate_tokens(log.chars + PROMPT_FRAME_CHARS)
 
 
 def verdict_tokens(ctx: DebateContext) -> int:

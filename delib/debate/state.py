@@ -91,6 +91,12 @@ class RunLog(Protocol):
     @property
     def turns(self) -> list[Turn]: ...
 
+    # Kept up to date as turns are added (``MemoryLog``): the characters of every turn's text,
+    # the participants' turns, and those of them with an answer in them, in index order.
+    chars: int
+    participant_turns: list[Turn]
+    said: list[Turn]
+
     def begin(self, index: int, speaker: str, kind: str) -> None: ...
 
     def token(self, index: int, text: str) -> None: ...

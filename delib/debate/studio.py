@@ -73,6 +73,18 @@ class _Tap:
     def turns(self) -> list:
         return self.shared.turns
 
+    @property
+    def chars(self) -> int:
+        return self.shared.chars
+
+    @property
+    def participant_turns(self) -> list:
+        return self.shared.participant_turns
+
+    @property
+    def said(self) -> list:
+        return self.shared.said
+
     def begin(self, index: int, speaker: str, kind: str) -> None:
         pass
 

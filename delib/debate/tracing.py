@@ -23,11 +23,16 @@ from typing import Any
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
+def exporter_set() -> bool:
+    """An OTLP endpoint is set in the environment."""
+    return any(os.environ.get(name) for name in ENDPOINT_VARIABLES)
+
+
 def wanted() -> bool:
     """Whether this run is to be traced, decided without importing OpenTelemetry."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    if any(os.environ.get(name) for name in ENDPOINT_VARIABLES):
+    if exporter_set():
         return True
     # The program may have set a global provider of its own. OpenTelemetry is looked at only
     # if something has imported it already (LangSmith, under LangGraph, does when installed).
@@ -49,10 +54,10 @@ def tracer_for_run(notify: Callable[[str], None], provider: Any = None) -> Any |
     try:
         from delib.debate.otel import RunTracer
     except ImportError:
-        if any(os.environ.get(name) for name in ENDPOINT_VARIABLES):
+        if exporter_set():
             notify(
                 "OTEL_EXPORTER_OTLP_* is set but the otel extra is not installed; no traces: "
                 "pip install 'delib[otel]'"
             )
         return None
-    return RunTracer.create()
+    return RunTracer.create(exporter_set())

@@ -14,7 +14,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from delib.archive.export import PALETTE, to_html
+from delib.archive.export import speaker_colours, to_html
 from delib.archive.index import HIT_END, HIT_START
 from delib.archive.markdown import event_detail
 
@@ -136,21 +136,13 @@ LIVE_SCRIPT = """
 """
 
 
-def _colours(manifest: dict) -> dict[str, str]:
-    colours: dict[str, str] = {}
-    for persona in manifest.get("personas", []):
-        moderator = persona.get("part") == "moderator"
-        colours[persona["id"]] = "#57606a" if moderator else PALETTE[len(colours) % len(PALETTE)]
-    return colours
-
-
 def run_page(run_id: str, manifest: dict, records: list[dict], live: bool) -> str:
     """A run's transcript; while it runs, it grows as turns are finished."""
     top = '<nav><a href="../">← all runs</a></nav>'
     bottom = ""
     if live:
         events = json.dumps(f"{quote(run_id, safe='')}/events?after={len(records)}")
-        script = LIVE_SCRIPT % {"colours": json.dumps(_colours(manifest)), "events": events}
+        script = LIVE_SCRIPT % {"colours": json.dumps(speaker_colours(manifest)), "events": events}
         bottom = (
             '<div id="live"></div><p class="meta" id="state">running: new turns appear as '
             f"they are finished</p><script>{script}</script>"

@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from delib.archive.store import open_store
 from delib.errors import DelibError
@@ -140,7 +140,3 @@ class _Handler(BaseHTTPRequestHandler):
                 quiet = time.monotonic()
             self.wfile.flush()
             time.sleep(POLL)
-
-
-def link(server: ViewServer, run_id: str) -> str:
-    return server.url + f"runs/{quote(run_id, safe='')}"
