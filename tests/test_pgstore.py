@@ -266,7 +266,7 @@ def test_the_database_going_away_mid_run_is_one_line_and_the_run_resumes(tmp_pat
 def test_pool_pins_are_counted_across_processes_and_freed_with_the_session(pg, server):
     import asyncio
 
-    from delib.archive.pgrun import connect
+    from delib.archive.pgsession import connect
     from delib.models.pool import ServerPool
 
     PgStore.connect(pg).close()

@@ -1,17 +1,14 @@
-"""A run in the PostgreSQL archive, open for writing, and the session locks around it.
+"""A run in the PostgreSQL archive, open for writing.
 
 ``PgRun`` is what ``archive.RunFolder`` is for a folder: records appended (each committed
 before ``append`` returns), the manifest, the in-flight turns, the run's lock and its LangGraph
-checkpointer. ``Lease`` holds a sweep cell; ``Slots`` holds a place in a server's
-``max_concurrency``. All three are session advisory locks, which PostgreSQL lets go of when
-the session ends, so a killed worker frees everything it held (see ``delib.archive.pgstore``).
+checkpointer. Its connection is the process's shared session (``pgsession``), where the run's
+lock is held; a write that fails there stops the run with every finished turn committed
+(``lost_error``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,106 +18,30 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
 from delib.archive.index import HIT_END, HIT_START
+from delib.archive.pgsession import (
+    CONNECT_TIMEOUT,
+    _lock_key,
+    connect_async,
+    let_go,
+    redact,
+    session,
+    take,
+    transaction,
+)
 from delib.archive.reading import record_problem
 from delib.errors import InputError, StoreError
-from delib.models.endpoints import Limits
 
-CONNECT_TIMEOUT = 10  # seconds
 CHECKPOINT_TABLES = ("checkpoint_writes", "checkpoint_blobs", "checkpoints")  # LangGraph's
 
 
-def redact(dsn: str) -> str:
-    """The address without its password (for messages and manifests)."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return dsn.split("@")[-1]
-    user = info.get("user") or ""
-    host = info.get("host") or "localhost"
-    port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{user + '@' if user else ''}{host}{port}/{info.get('dbname') or ''}"
+def drop_checkpoints(conn: psycopg.Connection, run_id: str) -> None:
+    """A run's LangGraph checkpoints, deleted in one transaction."""
 
+    def work() -> None:
+        for table in CHECKPOINT_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (run_id,))
 
-def connect(dsn: str, **options: Any) -> psycopg.Connection:
-    """An autocommit connection, or an InputError saying what to fix."""
-    try:
-        return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, row_factory=dict_row, **options
-        )
-    except psycopg.OperationalError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise InputError(
-            f"cannot reach the PostgreSQL archive {redact(dsn)}: {reason}; check the address "
-            "in --archive or $DELIB_ARCHIVE and that the server is running"
-        ) from None
-    except psycopg.ProgrammingError as exc:
-        raise InputError(f"--archive: not a PostgreSQL address ({exc})") from None
-
-
-def _lock_key(kind: str, name: str) -> str:
-    return f"{kind}:{name}"
-
-
-class NoLock:
-    def release(self) -> None:
-        pass
-
-
-# One session per database and thread carries a process's records, run locks, cell leases,
-# server slots and pool pins: a session holds any number of advisory locks, so a worker needs
-# two connections (this and the store's) plus its checkpoint pool, however many debates it runs.
-_SESSIONS: dict[tuple[str, int], psycopg.Connection] = {}
-_HELD: set[tuple[str, str]] = set()  # (dsn, key): locks this process holds on its sessions
-
-
-def session(dsn: str) -> psycopg.Connection:
-    """This thread's shared session on the database (opened again if it was lost)."""
-    key = (dsn, threading.get_ident())
-    conn = _SESSIONS.get(key)
-    if conn is None or conn.closed or conn.broken:
-        conn = _SESSIONS[key] = connect(dsn)
-    return conn
-
-
-def holds(dsn: str, key: str) -> bool:
-    """Whether this process holds the lock (the session's locks nest: never take one twice)."""
-    return (dsn, key) in _HELD
-
-
-def take(dsn: str, key: str) -> bool:
-    """Take a session advisory lock if no one holds it."""
-    if holds(dsn, key):
-        return False
-    row = (
-        session(dsn)
-        .execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (key,))
-        .fetchone()
-    )
-    if row["got"]:
-        _HELD.add((dsn, key))
-    return bool(row["got"])
-
-
-def let_go(dsn: str, key: str) -> None:
-    if (dsn, key) not in _HELD:
-        return
-    _HELD.discard((dsn, key))
-    conn = _SESSIONS.get((dsn, threading.get_ident()))
-    if conn is not None and not conn.closed and not conn.broken:
-        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-
-
-class Lease:
-    """A sweep cell's lease: held until released, or until the holder's session ends."""
-
-    def __init__(self, dsn: str, key: str) -> None:
-        self.dsn, self.key = dsn, key
-
-    def take(self) -> bool:
-        return take(self.dsn, self.key)
-
-    def release(self) -> None:
-        let_go(self.dsn, self.key)
+    transaction(conn, work)
 
 
 def _rows(run_id: str, first: int, records: list[dict]) -> list[tuple]:
@@ -214,9 +135,11 @@ class PgRun:
 
     @_writes
     def rewrite(self, records: list[dict]) -> None:
-        with self.conn.transaction():
+        def work() -> None:
             self.conn.execute("DELETE FROM delib_records WHERE run_id = %s", (self.run_id,))
             _insert_records(self.conn, self.run_id, 0, records)
+
+        transaction(self.conn, work)
         self._next = len(records)
 
     @_writes
@@ -280,9 +203,7 @@ class PgRun:
 
     @_writes
     def drop_checkpoints(self) -> None:
-        with self.conn.transaction():
-            for table in CHECKPOINT_TABLES:
-                self.conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (self.run_id,))
+        drop_checkpoints(self.conn, self.run_id)
 
     @asynccontextmanager
     async def checkpointer(self) -> AsyncIterator[Any]:
@@ -299,9 +220,7 @@ class PgRun:
             else:
                 yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
             return
-        conn = await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, prepare_threshold=0, row_factory=dict_row
-        )
+        conn = await connect_async(self.dsn, prepare_threshold=0)
         try:
             yield AsyncPostgresSaver(conn)  # type: ignore[arg-type]
         finally:
@@ -339,52 +258,3 @@ async def checkpoint_pool(dsn: str, size: int) -> AsyncIterator[None]:
     finally:
         _POOLS.pop(dsn, None)
         await pool.close()
-
-
-class Slots(Limits):
-    """Each server's ``max_concurrency``, held across every process that shares the database
-    (the workers of a Ray cluster, several ``sweep run``s): a request takes one of the
-    server's numbered slots, an advisory lock, and gives it back when its reply is done. A
-    killed worker's slots are freed with its session; none leaks."""
-
-    POLL = 0.01  # seconds between tries while every slot is taken (doubling, up to 0.2)
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__()
-        self.conn = session(dsn)
-        self.held: set[str] = set()  # this session's slots (a session's locks nest: skip them)
-
-    def semaphore(self, base_url: str, limit: int) -> Any:
-        return _Slot(self, base_url.rstrip("/"), limit)
-
-    def close(self) -> None:
-        pass  # the session is the process's; every slot was given back as its reply ended
-
-
-class _Slot:
-    def __init__(self, slots: Slots, url: str, limit: int) -> None:
-        self.slots, self.url, self.limit = slots, url, limit
-        self.taken: list[str] = []
-
-    async def __aenter__(self) -> None:
-        wait = Slots.POLL
-        while True:
-            for number in random.sample(range(self.limit), self.limit):
-                key = f"slot:{self.url}:{number}"
-                if key in self.slots.held:
-                    continue
-                row = self.slots.conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (key,)
-                ).fetchone()
-                if row["got"]:
-                    self.slots.held.add(key)
-                    self.taken.append(key)
-                    return
-            await asyncio.sleep(wait * (0.5 + random.random()))
-            wait = min(wait * 2, 0.2)
-
-    async def __aexit__(self, *exc: object) -> None:
-        key = self.taken.pop()
-        self.slots.held.discard(key)
-        if not self.slots.conn.closed:
-            self.slots.conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))

@@ -23,26 +23,25 @@ once, and no lease needs a timeout. Schema changes are numbered migrations recor
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import psycopg
 from psycopg.types.json import Json, Jsonb
 
 from delib.archive.index import HIT_END, HIT_START, SNIPPET_TOKENS, Hit, _run_row
-from delib.archive.pgrun import (
-    CHECKPOINT_TABLES,
+from delib.archive.pgrun import CHECKPOINT_TABLES, PgRun, _insert_records
+from delib.archive.pgschema import MIGRATIONS, SCHEMES
+from delib.archive.pgsession import (
     Lease,
     NoLock,
-    PgRun,
     Slots,
-    _insert_records,
     _lock_key,
     connect,
     holds,
     redact,
+    transaction,
+    wait_for_lock,
 )
-from delib.archive.pgschema import MIGRATIONS, SCHEMES
 from delib.archive.reading import manifest_problem
 from delib.archive.run_folder import new_run_id
 from delib.errors import InputError, UnknownIdError
@@ -51,6 +50,7 @@ from delib.records import now
 # The advisory locks taken while migrating ("delib"): delib's tables, then LangGraph's (another
 # key: a process waiting for the first must not be waited for by one holding the second).
 MIGRATE_LOCK = 0x64656C6962
+MIGRATE_WAIT = 120.0  # seconds another process's migration is waited for
 
 
 class PgStore:
@@ -83,7 +83,8 @@ class PgStore:
 
         if self._current(len(PostgresSaver.MIGRATIONS)):
             return len(MIGRATIONS)
-        with self.conn.transaction():
+
+        def work() -> None:
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             self.conn.execute("CREATE TABLE IF NOT EXISTS delib_schema (version integer)")
             row = self.conn.execute("SELECT max(version) AS v FROM delib_schema").fetchone()
@@ -91,18 +92,16 @@ class PgStore:
             for number in range(version, len(MIGRATIONS)):
                 self.conn.execute(MIGRATIONS[number])
                 self.conn.execute("INSERT INTO delib_schema VALUES (%s)", (number + 1,))
+
+        transaction(self.conn, work)
         # LangGraph's own migrations build an index CONCURRENTLY, which waits for every other
         # transaction, a statement waiting for a lock included: they run outside a transaction,
         # under a session lock that others poll for instead of waiting on it.
-        deadline = time.monotonic() + 120
-        while not self.conn.execute(
-            "SELECT pg_try_advisory_lock(%s) AS got", (MIGRATE_LOCK + 1,)
-        ).fetchone()["got"]:
-            if time.monotonic() > deadline:
-                raise InputError(
-                    f"{self.location}: another process has been migrating for 2 minutes"
-                )
-            time.sleep(0.05)
+        if not wait_for_lock(self.conn, MIGRATE_LOCK + 1, MIGRATE_WAIT):
+            raise InputError(
+                f"{self.location}: another process has been migrating for "
+                f"{MIGRATE_WAIT / 60:g} minutes"
+            )
         try:
             PostgresSaver(self.conn).setup()  # type: ignore[arg-type]
         finally:
@@ -252,10 +251,12 @@ class PgStore:
         return PgRun(self.dsn, run_id)
 
     def delete(self, run_id: str) -> None:
-        with self.conn.transaction():
+        def work() -> None:
             for table in CHECKPOINT_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (run_id,))
             self.conn.execute("DELETE FROM delib_runs WHERE run_id = %s", (run_id,))
+
+        transaction(self.conn, work)
 
     def listing(
         self,

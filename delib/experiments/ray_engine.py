@@ -5,7 +5,7 @@ the cells still to do into shares, and hands each share to a Ray task. A task ru
 on its worker's event loop, ``concurrency`` debates at once, exactly as a local ``sweep run``
 does (``sweep_run.run_steps``): each cell is leased in PostgreSQL before it starts
 (``PgStore.claim``) and read afresh under the lease, every server's ``max_concurrency`` holds
-across the cluster (``pgrun.Slots``), and every finished turn is committed as it happens.
+across the cluster (``pgsession.Slots``), and every finished turn is committed as it happens.
 
 When a worker process dies (``kill -9``, a lost node), PostgreSQL ends its sessions, which
 frees its leases, its runs' locks and its server slots; Ray runs its task again on another
@@ -49,7 +49,7 @@ def _share(
     dsn: str, record: dict, keys: list[str], concurrency: int, retry_failed: bool
 ) -> dict[str, Any]:
     """One Ray task: run these cells of the sweep on this worker; what became of them."""
-    from delib.archive.pgrun import connect
+    from delib.archive.pgsession import connect
     from delib.archive.pgstore import PgStore
 
     sweep = expand(record["name"], SweepSpec.model_validate(record["spec"]), record["source"])

@@ -16,11 +16,13 @@ What differs between OpenAI-compatible servers is handled here and nowhere else:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 from openai import AsyncOpenAI
 
@@ -101,28 +103,49 @@ async def _mark_sent(request: Any) -> None:
 HOOKS = {"request": [_mark_sent]}
 
 
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def ssl_context() -> ssl.SSLContext:
+    """The process's one verifying SSL context, as the openai client builds it (reading the CA
+    bundle takes about 20 ms: once, not once per endpoint or per run)."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = httpx2.create_ssl_context()
+    return _SSL_CONTEXT
+
+
+def http_client(transport: httpx.AsyncBaseTransport | None = None) -> Any:
+    """An HTTP client for the endpoints of a run (timeouts are set per request, from each
+    endpoint's config); an in-process transport (``delib.testing.FakeTransport``) answers
+    without a socket."""
+    if transport is not None:
+        return httpx.AsyncClient(transport=transport, event_hooks=HOOKS)
+    return openai.DefaultAsyncHttpxClient(verify=ssl_context(), event_hooks=HOOKS)
+
+
 class EndpointClient:
-    """Talks to one endpoint; shared by every persona that uses it in a run."""
+    """Talks to one endpoint; shared by every persona that uses it in a run. ``http`` is the
+    run's HTTP client, shared with its other endpoints (and closed by its owner, ``Clients``);
+    without one the client has one of its own."""
 
     def __init__(
         self,
         endpoint: Endpoint,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: Limits | None = None,
+        http: Any = None,
     ) -> None:
         cfg = endpoint.config
         self.endpoint = endpoint
-        timeout = openai.Timeout(cfg.timeout, connect=cfg.connect_timeout)
+        self._owns_http = http is None
         self.client = AsyncOpenAI(
             base_url=cfg.base_url,
             api_key=endpoint.api_key,
             max_retries=0,
-            timeout=timeout,
+            timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
             default_headers=dict(cfg.headers) or None,
-            # An in-process transport (delib.testing.FakeTransport) answers without a socket.
-            http_client=httpx.AsyncClient(transport=transport, timeout=timeout, event_hooks=HOOKS)
-            if transport
-            else openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks=HOOKS),
+            http_client=http_client(transport) if http is None else http,
         )
         self.fold_system = cfg.system_message == "fold"
         self.stream_usage = True
@@ -140,7 +163,8 @@ class EndpointClient:
         return self.endpoint.name
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._owns_http:
+            await self.client.close()
 
     async def _with_retries(self, call, on_retry: RetryCallback | None = None):
         """``call()`` through the retry policy (``retries``); a failure as a ``DelibError``
@@ -348,10 +372,15 @@ class Clients:
     by_name: dict[str, EndpointClient] = field(default_factory=dict)
     transport: httpx.AsyncBaseTransport | None = None  # in-process, for tests; None: HTTP
     limits: Limits = field(default_factory=Limits)
+    http: Any = None  # the HTTP client every endpoint of the run shares (made on first use)
 
     def get(self, endpoint: Endpoint) -> EndpointClient:
         if endpoint.name not in self.by_name:
-            self.by_name[endpoint.name] = EndpointClient(endpoint, self.transport, self.limits)
+            if self.http is None:
+                self.http = http_client(self.transport)
+            self.by_name[endpoint.name] = EndpointClient(
+                endpoint, self.transport, self.limits, self.http
+            )
         return self.by_name[endpoint.name]
 
     def adaptations(self) -> list[Adaptation]:
@@ -360,3 +389,6 @@ class Clients:
     async def close(self) -> None:
         for client in self.by_name.values():
             await client.close()
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None

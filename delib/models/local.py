@@ -20,11 +20,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from delib.models.config import EMBEDDED_ENDPOINT, PLACEHOLDER_API_KEY, Endpoint, EndpointConfig
 from delib.models.local_models import (
@@ -32,6 +33,7 @@ from delib.models.local_models import (
     ModelFile,
     _require_extra,
 )
+from delib.models.retries import poll
 
 HOST = "127.0.0.1"
 # Context the server is started with. The bundled model was trained for 32k tokens, but a
@@ -71,6 +73,10 @@ def port_free(port: int) -> bool:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _PortTaken(Exception):
+    """The server could not bind its port: someone took it between our check and its start."""
 
 
 class LocalServer:
@@ -156,14 +162,23 @@ class LocalServer:
         if port is not None and not port_free(port):
             self.notes.append(f"port {port} is taken; using another")
             port = None
-        for _attempt in range(PORT_ATTEMPTS):
-            self._spawn(port or free_port())
+        ports = [port] if port else []  # 0: any free port
+
+        async def launch() -> bool:
+            self._spawn(ports.pop() if ports else free_port())
             if await self._wait_ready():
+                return True
+            if self._lost_port_race():  # another program took the port: another port
+                self.notes.append(f"port {self.port} was taken meanwhile; trying another")
+                raise _PortTaken
+            return False
+
+        retry = retry_if_exception_type(_PortTaken)
+        with contextlib.suppress(_PortTaken):
+            if await AsyncRetrying(
+                retry=retry, stop=stop_after_attempt(PORT_ATTEMPTS), reraise=True
+            )(launch):
                 return
-            if not self._lost_port_race():
-                break
-            self.notes.append(f"port {self.port} was taken meanwhile; trying another")
-            port = None
         tail = self.log_tail()
         code = self.process.poll() if self.process else None
         self.stop()
@@ -194,15 +209,15 @@ class LocalServer:
         _LIVE.add(self)
 
     async def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + self.ready_timeout
+        """Whether the server answers within ``ready_timeout`` (polled; a server that dies
+        meanwhile ends the wait at once)."""
         url = f"{self.base_url}/models"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                return False
-            if await asyncio.to_thread(_answers, url):
-                return True
-            await asyncio.sleep(0.2)
-        return False
+
+        async def settled() -> bool:
+            return not self.alive() or await asyncio.to_thread(_answers, url)
+
+        await AsyncRetrying(**poll(0.1, 0.4, deadline=self.ready_timeout))(settled)
+        return self.alive() and await asyncio.to_thread(_answers, url)
 
     def _lost_port_race(self) -> bool:
         return any("address already in use" in line.lower() for line in self.log_tail())

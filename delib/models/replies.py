@@ -24,7 +24,7 @@ from typing import Any
 
 import openai
 import pydantic
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from delib.models import thinking
 from delib.models.failures import BadReply, Stalled
@@ -90,6 +90,27 @@ def kept_chars(params: dict[str, Any]) -> int:
     return max(MIN_KEPT_CHARS, int(params.get("max_tokens") or 0) * KEPT_CHARS_PER_TOKEN)
 
 
+# What ``chat.completions.create`` passes as request options (``security`` since openai 3.0:
+# the API key goes out as a bearer token).
+OPTIONS: dict[str, Any] = {"security": {"bearer_auth": True}}
+
+
+async def send(client: openai.AsyncOpenAI, params: dict[str, Any]) -> Any:
+    """``client.chat.completions.create(**params)`` as the client sends it, less its request
+    transform: a walk over the body against the typed parameters that costs about 0.4 ms a
+    call and hands delib's bodies back unchanged (plain JSON: strings, numbers, lists and
+    dicts of them; ``tests/test_wire.py`` checks both, byte for byte and header for header,
+    through the loopback server)."""
+    return await client.post(
+        "/chat/completions",
+        body=params,
+        options=OPTIONS,
+        cast_to=ChatCompletion,
+        stream=bool(params.get("stream")),
+        stream_cls=openai.AsyncStream[ChatCompletionChunk],
+    )
+
+
 def _malformed(exc: BaseException) -> BadReply:
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
         return BadReply(f"the server reported an error mid-reply: {exc.message}")
@@ -101,7 +122,7 @@ async def read_whole(client: openai.AsyncOpenAI, params: dict[str, Any], timeout
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await client.chat.completions.create(**params)
+            response = await send(client, params)
     except TimeoutError:
         raise Stalled("timeout", timeout, "did not answer within") from None
     except MALFORMED as exc:
@@ -159,7 +180,7 @@ async def read_stream(
 
     try:
         async with asyncio.timeout(timeout):
-            stream = await client.chat.completions.create(**params)
+            stream = await send(client, params)
             async with stream:
                 loop = asyncio.get_running_loop()
                 # One idle deadline, moved on at most every tenth of the idle timeout (not a

@@ -1,6 +1,8 @@
 """The retry policy: which failures are tried again, how long to wait, when to give up.
 
-Built on tenacity (``AsyncRetrying``), used by every call to a model. A first attempt that
+Built on tenacity, used by every call to a model (``with_retries``, async), by the archive's
+PostgreSQL connections (``retrying``, the same settings in tenacity's synchronous loop) and by
+every wait for something held elsewhere (``poll``). A first attempt that
 succeeds never touches tenacity: the call is made directly, and only its failure enters the
 retry loop, as the loop's first attempt, so the attempts are numbered and counted exactly as
 if tenacity had made them all. What is retried is ``failures.is_retryable`` (connection
@@ -17,9 +19,14 @@ import openai
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    Retrying,
     retry_if_exception,
     retry_if_exception_type,
+    retry_if_result,
     stop_after_attempt,
+    stop_after_delay,
+    stop_never,
+    wait_random_exponential,
 )
 from tenacity.wait import wait_base
 
@@ -60,9 +67,13 @@ class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own stra
         return min(MAX_BACKOFF, self.base * 2 ** (retry_state.attempt_number - 1))
 
 
-def policy(attempts: int, base_wait: float, on_retry: RetryCallback | None = None) -> AsyncRetrying:
-    """The retrying loop for ``attempts`` attempts in all; ``on_retry(attempt, error)`` is told
-    of each failure that will be tried again, and how long it waits (the live view shows it)."""
+def _settings(
+    retryable: Callable[[BaseException], bool],
+    attempts: int,
+    base_wait: float,
+    on_retry: RetryCallback | None,
+) -> dict[str, Any]:
+    """What both loops share: which failures, how many attempts, how long between them."""
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None and state.outcome is not None:
@@ -70,13 +81,50 @@ def policy(attempts: int, base_wait: float, on_retry: RetryCallback | None = Non
             said = describe_error(state.outcome.exception())
             on_retry(state.attempt_number, f"{said}; waiting {wait:.3g}s" if wait else said)
 
-    return AsyncRetrying(
-        retry=retry_if_exception(is_retryable),
-        stop=stop_after_attempt(attempts),
-        wait=wait_retry_after(base_wait),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    return {
+        "retry": retry_if_exception(retryable),
+        "stop": stop_after_attempt(attempts),
+        "wait": wait_retry_after(base_wait),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
+
+
+def policy(
+    attempts: int,
+    base_wait: float,
+    on_retry: RetryCallback | None = None,
+    retryable: Callable[[BaseException], bool] = is_retryable,
+) -> AsyncRetrying:
+    """The retrying loop for ``attempts`` attempts in all; ``on_retry(attempt, error)`` is told
+    of each failure that will be tried again, and how long it waits (the live view shows it).
+    What is retried is a model call's transients unless ``retryable`` says otherwise."""
+    return AsyncRetrying(**_settings(retryable, attempts, base_wait, on_retry))
+
+
+def retrying(
+    retryable: Callable[[BaseException], bool],
+    attempts: int,
+    base_wait: float,
+    on_retry: RetryCallback | None = None,
+) -> Retrying:
+    """The same policy in tenacity's synchronous loop, for failures ``retryable`` picks (the
+    archive's PostgreSQL transients: ``delib.archive.pgsession``)."""
+    return Retrying(**_settings(retryable, attempts, base_wait, on_retry))
+
+
+def poll(first_wait: float, max_wait: float, deadline: float | None = None) -> dict[str, Any]:
+    """Settings for waiting on something another process holds (a lock, a slot): try again
+    while the attempt returns false, with jittered waits from ``first_wait`` growing to
+    ``max_wait``, until ``deadline`` seconds (None: for as long as it takes). For
+    ``Retrying(**poll(...))`` or ``AsyncRetrying(**poll(...))``; the last result is returned
+    when the deadline passes, so the caller says what it waited for."""
+    return {
+        "retry": retry_if_result(lambda got: not got),
+        "wait": wait_random_exponential(multiplier=first_wait, max=max_wait),
+        "stop": stop_never if deadline is None else stop_after_delay(deadline),
+        "retry_error_callback": lambda state: state.outcome.result() if state.outcome else None,
+    }
 
 
 async def with_retries(
