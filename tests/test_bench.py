@@ -45,7 +45,9 @@ def test_bench_runs_in_a_tiny_configuration(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("bench.long_debate", "2", "6"), ("bench.sweep_status", "30")], ids=["long", "sweep"]
+    "args",
+    [("bench.long_debate", "--repeats", "1", "2", "6"), ("bench.sweep_status", "30")],
+    ids=["long", "sweep"],
 )
 def test_the_scale_benchmarks_run_small(tmp_path: Path, args: tuple[str, ...]) -> None:
     """The long-debate and sweep-status benchmarks, at a size that takes seconds."""

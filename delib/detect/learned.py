@@ -19,6 +19,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 
 from delib.detect import ngrams
@@ -57,9 +58,16 @@ class Model:
     def score(self, text: str, context: str | None = None) -> float:
         """The probability that ``text`` refuses (answering ``context``, when given)."""
         found = ngrams.buckets(text)
-        weights, idf2 = self.weights, self.idf2
-        total = sum(weights[b] for b in found) * W_STEP
-        norm = math.sqrt(sum(idf2[b] for b in found) * IDF2_STEP) if found else 1.0
+        if len(found) > 1:  # the buckets' values looked up in C (itemgetter), then summed
+            pick = itemgetter(*found)
+            total = sum(pick(self.weights)) * W_STEP
+            norm = math.sqrt(sum(pick(self.idf2)) * IDF2_STEP)
+        elif found:
+            (only,) = found
+            total = self.weights[only] * W_STEP
+            norm = math.sqrt(self.idf2[only] * IDF2_STEP)
+        else:
+            total, norm = 0.0, 1.0
         z = self.bias + (total / norm if norm else 0.0)
         if self.dense:  # a model trained with the engagement features
             for name, value in ngrams.engagement(text, context).items():

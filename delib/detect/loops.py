@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from itertools import chain
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -309,9 +311,7 @@ class SketchIndex:
 
     def candidates(self, mine: frozenset[int]) -> list[dict]:
         """Turns sharing at least ``SKETCH_SHARED`` hashes with ``mine``, latest first."""
-        shared: dict[int, int] = {}
-        for value in mine:
-            for position in self.postings.get(value, ()):
-                shared[position] = shared.get(position, 0) + 1
+        postings = self.postings
+        shared = Counter(chain.from_iterable(postings.get(value, ()) for value in mine))
         hits = sorted((p for p, n in shared.items() if n >= SKETCH_SHARED), reverse=True)
         return [self.turns[p] for p in hits]

@@ -62,12 +62,17 @@ def _word_bucket(word: str) -> int:
     return _bucket("w " + word)
 
 
+@lru_cache(maxsize=65536)
+def _pair_bucket(first: str, second: str) -> int:
+    return _bucket(f"w {first} {second}")
+
+
 def buckets(text: str) -> set[int]:
     """The hash buckets of the n-grams present in ``text``."""
     tokens = words(text)
     found = {_word_bucket(w) for w in tokens}
     if 2 in WORD_NGRAMS:
-        found.update(_bucket(f"w {a} {b}") for a, b in zip(tokens, tokens[1:], strict=False))
+        found.update(map(_pair_bucket, tokens, tokens[1:]))
     for word in dict.fromkeys(words(text[:CHAR_SPAN])):
         found.update(_char_buckets(word))
     return found
