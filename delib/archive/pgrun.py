@@ -34,14 +34,10 @@ from delib.errors import InputError, StoreError
 CHECKPOINT_TABLES = ("checkpoint_writes", "checkpoint_blobs", "checkpoints")  # LangGraph's
 
 
-def drop_checkpoints(conn: psycopg.Connection, run_id: str) -> None:
-    """A run's LangGraph checkpoints, deleted in one transaction."""
-
-    def work() -> None:
-        for table in CHECKPOINT_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (run_id,))
-
-    transaction(conn, work)
+def delete_checkpoints(conn: psycopg.Connection, run_id: str) -> None:
+    """A run's LangGraph checkpoints deleted (inside the caller's ``transaction``)."""
+    for table in CHECKPOINT_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (run_id,))
 
 
 def _rows(run_id: str, first: int, records: list[dict]) -> list[tuple]:
@@ -203,7 +199,7 @@ class PgRun:
 
     @_writes
     def drop_checkpoints(self) -> None:
-        drop_checkpoints(self.conn, self.run_id)
+        transaction(self.conn, lambda: delete_checkpoints(self.conn, self.run_id))
 
     @asynccontextmanager
     async def checkpointer(self) -> AsyncIterator[Any]:

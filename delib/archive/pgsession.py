@@ -78,19 +78,16 @@ def connect_transient(exc: BaseException) -> bool:
 def connect(dsn: str, **options: Any) -> psycopg.Connection:
     """An autocommit connection, or an InputError saying what to fix; what the server cannot
     take yet is tried again (``CONNECT_ATTEMPTS``)."""
-    tried = [0]
-
-    def attempt() -> psycopg.Connection:
-        tried[0] += 1
-        return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, row_factory=dict_row, **options
-        )
-
+    retryer = retrying(connect_transient, CONNECT_ATTEMPTS, CONNECT_WAIT)
     try:
-        return retrying(connect_transient, CONNECT_ATTEMPTS, CONNECT_WAIT)(attempt)
+        return retryer(
+            psycopg.connect,
+            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, row_factory=dict_row, **options,
+        )  # fmt: skip
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())[:300]
-        tries = f" (after {tried[0]} attempts)" if tried[0] > 1 else ""
+        tried = retryer.statistics.get("attempt_number", 1)
+        tries = f" (after {tried} attempts)" if tried > 1 else ""
         raise InputError(
             f"cannot reach the PostgreSQL archive {redact(dsn)}{tries}: {reason}; check the "
             "address in --archive or $DELIB_ARCHIVE and that the server is running"

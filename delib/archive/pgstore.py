@@ -29,7 +29,7 @@ import psycopg
 from psycopg.types.json import Json, Jsonb
 
 from delib.archive.index import HIT_END, HIT_START, SNIPPET_TOKENS, Hit, _run_row
-from delib.archive.pgrun import CHECKPOINT_TABLES, PgRun, _insert_records
+from delib.archive.pgrun import PgRun, _insert_records, delete_checkpoints
 from delib.archive.pgschema import MIGRATIONS, SCHEMES
 from delib.archive.pgsession import (
     Lease,
@@ -252,8 +252,7 @@ class PgStore:
 
     def delete(self, run_id: str) -> None:
         def work() -> None:
-            for table in CHECKPOINT_TABLES:
-                self.conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (run_id,))
+            delete_checkpoints(self.conn, run_id)
             self.conn.execute("DELETE FROM delib_runs WHERE run_id = %s", (run_id,))
 
         transaction(self.conn, work)

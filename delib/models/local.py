@@ -216,8 +216,11 @@ class LocalServer:
         async def settled() -> bool:
             return not self.alive() or await asyncio.to_thread(_answers, url)
 
-        await AsyncRetrying(**poll(0.1, 0.4, deadline=self.ready_timeout))(settled)
-        return self.alive() and await asyncio.to_thread(_answers, url)
+        # True once it answered or died (a dead process stays dead), False at the deadline.
+        settled_in_time = await AsyncRetrying(**poll(0.1, 0.4, deadline=self.ready_timeout))(
+            settled
+        )
+        return bool(settled_in_time) and self.alive()
 
     def _lost_port_race(self) -> bool:
         return any("address already in use" in line.lower() for line in self.log_tail())
